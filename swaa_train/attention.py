@@ -1,0 +1,163 @@
+"""SWAA attention for any transformers decoder that goes through the attention interface.
+
+`register_swaa_attention()` adds an attention implementation named "swaa" to transformers'
+`AttentionInterface`, with FlashAttention's mask function in `AttentionMaskInterface` (it
+passes on at most the 2-D padding mask, so no T x T mask is ever built). The attention
+function reads the layer index from the module, the SWAA settings from
+`model.config.swaa_config`, the document boundaries from the padding-free kwargs
+(`cu_seq_lens_q/k` from TRL's collator, else `position_ids`) or the padding mask, and the
+per-document FA-decode start from the `swaa_full_from` kwarg, then calls the varlen kernel.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+
+import torch
+from transformers import AttentionInterface, PreTrainedModel
+from transformers.masking_utils import AttentionMaskInterface, flash_attention_mask
+
+from swaa_attn import swaa_attn_varlen_func
+
+from .config import SWAAConfig
+
+ATTN_IMPLEMENTATION = "swaa"
+FULL_FROM_KWARG = "swaa_full_from"
+
+
+@functools.lru_cache(maxsize=64)
+def _parse_config(frozen: str) -> SWAAConfig:
+    return SWAAConfig.from_dict(json.loads(frozen))
+
+
+def layer_settings(module: torch.nn.Module) -> tuple[int | None, int, bool]:
+    """(window, keep_first, FA decode) of the attention layer `module`."""
+    layer_idx = getattr(module, "layer_idx", None)
+    if layer_idx is None:
+        raise ValueError(f"{type(module).__name__} has no layer_idx: SWAA attention cannot tell which layer it is")
+    raw = getattr(module.config, "swaa_config", None)
+    if raw is None:
+        raise ValueError("model.config.swaa_config is not set: load the model with swaa_train.attention.apply_swaa")
+    config = _parse_config(json.dumps(raw, sort_keys=True))
+    return config.layer_window(layer_idx), config.keep_first, config.layer_fa_decode(layer_idx)
+
+
+def _boundaries_from_position_ids(position_ids: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """cu_seqlens of the documents of a packed row (each restarts at position 0)."""
+    flat = position_ids.reshape(-1)
+    starts = (flat == 0).nonzero().flatten().to(torch.int32)
+    if starts.numel() == 0 or starts[0] != 0:
+        starts = torch.cat([starts.new_zeros(1), starts])
+    cu = torch.cat([starts, starts.new_tensor([flat.numel()])])
+    return cu, int(cu.diff().max())
+
+
+def _cumulative(lengths: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.pad(lengths.cumsum(0, dtype=torch.int32), (1, 0))
+
+
+def _to_varlen(query, key, value, attention_mask, kwargs):
+    """Flatten (B, S, H, D) tensors to the packed layout.
+
+    Returns q, k, v, cu_q, cu_k, max_q, max_k and `scatter_back`, a function that puts the
+    packed output back into (B, S_q, H, D).
+    """
+    batch, q_len, k_len = query.shape[0], query.shape[1], key.shape[1]
+    flat = lambda t: t.reshape(-1, *t.shape[2:])  # noqa: E731
+    if kwargs.get("cu_seq_lens_q") is not None and batch == 1:
+        cu_q = kwargs["cu_seq_lens_q"].to(device=query.device, dtype=torch.int32)
+        cu_k = kwargs.get("cu_seq_lens_k", cu_q).to(device=query.device, dtype=torch.int32)
+        max_q = int(kwargs.get("max_length_q") or int(cu_q.diff().max()))
+        max_k = int(kwargs.get("max_length_k") or int(cu_k.diff().max()))
+        unflat = lambda out: out.view(1, q_len, *out.shape[1:])  # noqa: E731
+        return flat(query), flat(key), flat(value), cu_q, cu_k, max_q, max_k, unflat
+    if attention_mask is not None:  # padded batch: keep the real tokens of each row
+        keys_valid = attention_mask[:, -k_len:].bool()
+        queries_valid = keys_valid[:, -q_len:]
+        len_q, len_k = queries_valid.sum(1, dtype=torch.int32), keys_valid.sum(1, dtype=torch.int32)
+        idx_q = queries_valid.flatten().nonzero().flatten()
+        idx_k = keys_valid.flatten().nonzero().flatten()
+
+        def scatter_back(out):
+            full = out.new_zeros(batch * q_len, *out.shape[1:])
+            full[idx_q] = out
+            return full.view(batch, q_len, *out.shape[1:])
+
+        return (flat(query)[idx_q], flat(key)[idx_k], flat(value)[idx_k], _cumulative(len_q), _cumulative(len_k),
+                int(len_q.max()), int(len_k.max()), scatter_back)
+    position_ids = kwargs.get("position_ids")
+    if position_ids is not None and batch == 1 and q_len == k_len and q_len > 1:
+        cu, max_len = _boundaries_from_position_ids(position_ids)
+        unflat = lambda out: out.view(1, q_len, *out.shape[1:])  # noqa: E731
+        return flat(query), flat(key), flat(value), cu, cu, max_len, max_len, unflat
+    # One sequence per row.
+    steps = torch.arange(batch + 1, dtype=torch.int32, device=query.device)
+    unflat = lambda out: out.view(batch, q_len, *out.shape[1:])  # noqa: E731
+    return flat(query), flat(key), flat(value), steps * q_len, steps * k_len, q_len, k_len, unflat
+
+
+def _full_from(kwargs, fa_decode: bool, cu_q: torch.Tensor, cu_k: torch.Tensor) -> torch.Tensor | None:
+    """Per-sequence start of the FA-decode region, or None (pure SWA)."""
+    if not fa_decode:
+        return None
+    given = kwargs.get(FULL_FROM_KWARG)
+    if given is not None:
+        return given.to(device=cu_q.device, dtype=torch.int32).reshape(-1)
+    # Decoding with a cache (fewer queries than keys): every query is a generated token.
+    past = cu_k.diff() - cu_q.diff()
+    return past if bool((past > 0).any()) else None
+
+
+def swaa_attention_forward(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    **kwargs,
+) -> tuple[torch.Tensor, None]:
+    """transformers attention function: (B, H, S, D) inputs, (B, S, H, D) output."""
+    if dropout and module.training:
+        raise ValueError(f"SWAA attention has no attention dropout; got dropout={dropout}")
+    window, keep_first, fa_decode = layer_settings(module)
+    q, k, v, cu_q, cu_k, max_q, max_k, scatter_back = _to_varlen(
+        query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2), attention_mask, kwargs
+    )
+    out = swaa_attn_varlen_func(
+        q, k, v, cu_q, cu_k, max_q, max_k,
+        window=window,
+        keep_first=keep_first,
+        full_from=_full_from(kwargs, fa_decode and window is not None, cu_q, cu_k),
+        softmax_scale=scaling,
+    )
+    return scatter_back(out), None
+
+
+def register_swaa_attention() -> None:
+    """Make attn_implementation="swaa" available to every transformers model (idempotent)."""
+    AttentionInterface.register(ATTN_IMPLEMENTATION, swaa_attention_forward)
+    AttentionMaskInterface.register(ATTN_IMPLEMENTATION, flash_attention_mask)
+
+
+def check_supported(model_or_class) -> None:
+    """Refuse models whose layers do not dispatch through the attention interface."""
+    cls = model_or_class if isinstance(model_or_class, type) else type(model_or_class)
+    if not getattr(cls, "_supports_attention_backend", False):
+        raise ValueError(
+            f"{cls.__name__} does not route attention through transformers' AttentionInterface, "
+            "so SWAA attention cannot be applied to it"
+        )
+
+
+def apply_swaa(model: PreTrainedModel, swaa: SWAAConfig) -> PreTrainedModel:
+    """Switch `model` (in place) to SWAA attention with the settings `swaa`."""
+    check_supported(model)
+    text_config = model.config.get_text_config()
+    swaa.check_num_layers(text_config.num_hidden_layers)
+    register_swaa_attention()
+    text_config.swaa_config = swaa.to_dict()
+    model.set_attn_implementation(ATTN_IMPLEMENTATION)
+    return model

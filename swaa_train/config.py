@@ -1,0 +1,318 @@
+"""Configuration: the SWAA inference config (swaa_config.json) and the training recipe.
+
+`SWAAConfig` uses the field names of the SWAA reference code, so its inference patches can
+read the same file. A recipe (recipes/NAME.yaml) has one section per pipeline stage, each
+mapped 1:1 onto a dataclass; the `training` section is TRL's own `SFTConfig`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+SWAA_CONFIG_NAME = "swaa_config.json"
+
+
+def _fields(cls) -> set[str]:
+    return {f.name for f in dataclasses.fields(cls) if f.init}
+
+
+def _reject_unknown(cls, data: dict, where: str) -> None:
+    unknown = sorted(set(data) - _fields(cls))
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(_fields(cls))}")
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+@dataclass
+class SWAAConfig:
+    """How each layer attends. Saved as swaa_config.json beside every adapter and merged model."""
+
+    sliding_window_size: int | None = field(
+        default=None,
+        metadata={"help": "Keys each query sees in sliding layers, itself included; None = full attention."},
+    )
+    keep_first: int = field(
+        default=0, metadata={"help": "Sink tokens: the first keep_first keys of a sequence stay visible."}
+    )
+    force_fa_decode: bool | list[int] = field(
+        default=False,
+        metadata={
+            "help": "FA decode: answer/generated tokens attend to all keys. True for every layer, "
+            "or a list of the layer indices that do it."
+        },
+    )
+    non_sliding_layers: list[int] = field(
+        default_factory=list, metadata={"help": "Layer indices that keep full attention (interleaving)."}
+    )
+
+    def __post_init__(self):
+        w = self.sliding_window_size
+        if w is not None and (not _is_int(w) or w <= 0):
+            raise ValueError(f"sliding_window_size must be a positive int or null, got {w!r}")
+        if not _is_int(self.keep_first) or self.keep_first < 0:
+            raise ValueError(f"keep_first must be a non-negative int, got {self.keep_first!r}")
+        fa = self.force_fa_decode
+        if not isinstance(fa, bool):
+            if not isinstance(fa, (list, tuple)) or not all(_is_int(i) and i >= 0 for i in fa):
+                raise ValueError(f"force_fa_decode must be a bool or a list of layer indices, got {fa!r}")
+            self.force_fa_decode = sorted(set(fa))
+        nsl = self.non_sliding_layers
+        if not isinstance(nsl, (list, tuple)) or not all(_is_int(i) and i >= 0 for i in nsl):
+            raise ValueError(f"non_sliding_layers must be a list of layer indices, got {nsl!r}")
+        self.non_sliding_layers = sorted(set(nsl))
+
+    # -- per-layer resolution -------------------------------------------------------------
+    def layer_window(self, layer_idx: int) -> int | None:
+        """The window of layer `layer_idx`, or None where it keeps full attention."""
+        if self.sliding_window_size is None or layer_idx in self.non_sliding_layers:
+            return None
+        return self.sliding_window_size
+
+    def layer_fa_decode(self, layer_idx: int) -> bool:
+        if isinstance(self.force_fa_decode, bool):
+            return self.force_fa_decode
+        return layer_idx in self.force_fa_decode
+
+    def check_num_layers(self, num_layers: int) -> None:
+        """Raise if a layer index lies outside a model of `num_layers` layers."""
+        for name in ("non_sliding_layers", "force_fa_decode"):
+            value = getattr(self, name)
+            bad = [i for i in value if i >= num_layers] if isinstance(value, list) else []
+            if bad:
+                raise ValueError(f"{name}: layer index {bad} out of range for a model of {num_layers} layers")
+
+    # -- (de)serialisation -----------------------------------------------------------------
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict, num_layers: int | None = None) -> "SWAAConfig":
+        if not isinstance(data, dict):
+            raise ValueError(f"swaa config must be a mapping, got {type(data).__name__}")
+        _reject_unknown(cls, data, "swaa config")
+        config = cls(**data)
+        if num_layers is not None:
+            config.check_num_layers(num_layers)
+        return config
+
+    def save(self, directory: str | os.PathLike) -> Path:
+        path = Path(directory) / SWAA_CONFIG_NAME
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, num_layers: int | None = None) -> "SWAAConfig":
+        """Read swaa_config.json (a file, or a directory holding one)."""
+        path = Path(path)
+        if path.is_dir():
+            path = path / SWAA_CONFIG_NAME
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}: not valid JSON ({err})") from None
+        return cls.from_dict(data, num_layers=num_layers)
+
+    def describe(self) -> str:
+        """One line for logs and model cards."""
+        if self.sliding_window_size is None:
+            return "full attention (no sliding window)"
+        parts = [f"window {self.sliding_window_size}", f"keep_first {self.keep_first}"]
+        fa = self.force_fa_decode
+        parts.append("FA decode" if fa is True else f"FA decode on layers {fa}" if fa else "no FA decode")
+        if self.non_sliding_layers:
+            parts.append(f"full-attention layers {self.non_sliding_layers}")
+        return ", ".join(parts)
+
+
+# ------------------------------------------------------------------------------------------
+# Recipe sections
+# ------------------------------------------------------------------------------------------
+@dataclass
+class ModelArgs:
+    name_or_path: str = field(metadata={"help": "Hub id or local directory of the base model (or of its config)."})
+    tokenizer: str | None = field(default=None, metadata={"help": "Tokenizer Hub id or path; default: the model's."})
+    from_config: bool = field(
+        default=False, metadata={"help": "Random-init the model from its config (demos, benchmarks): no weights read."}
+    )
+    dtype: str = field(default="bfloat16", metadata={"help": "Weights dtype: bfloat16, float16, float32 or auto."})
+    revision: str | None = field(default=None, metadata={"help": "Hub revision (branch, tag or commit)."})
+    trust_remote_code: bool = field(default=False, metadata={"help": "Allow model code from the Hub."})
+
+    def __post_init__(self):
+        if not self.name_or_path or not isinstance(self.name_or_path, str):
+            raise ValueError(f"model.name_or_path must be a non-empty string, got {self.name_or_path!r}")
+        if self.dtype not in ("bfloat16", "float16", "float32", "auto"):
+            raise ValueError(f"model.dtype must be bfloat16, float16, float32 or auto, got {self.dtype!r}")
+
+
+@dataclass
+class LoraArgs:
+    r: int = field(default=16, metadata={"help": "LoRA rank."})
+    alpha: int = field(default=32, metadata={"help": "LoRA alpha (scale = alpha/sqrt(r) with rsLoRA)."})
+    dropout: float = field(default=0.0, metadata={"help": "Dropout on the LoRA input."})
+    target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj"], metadata={"help": "Module names that get adapters."}
+    )
+    use_rslora: bool = field(default=True, metadata={"help": "Rank-stabilised LoRA scaling."})
+    bias: str = field(default="none", metadata={"help": "PEFT bias mode: none, all or lora_only."})
+
+    def __post_init__(self):
+        if not _is_int(self.r) or self.r <= 0:
+            raise ValueError(f"lora.r must be a positive int, got {self.r!r}")
+        if not isinstance(self.alpha, (int, float)) or self.alpha <= 0:
+            raise ValueError(f"lora.alpha must be positive, got {self.alpha!r}")
+        if not 0.0 <= float(self.dropout) < 1.0:
+            raise ValueError(f"lora.dropout must be in [0, 1), got {self.dropout!r}")
+        if not self.target_modules or not all(isinstance(m, str) for m in self.target_modules):
+            raise ValueError(f"lora.target_modules must be a non-empty list of names, got {self.target_modules!r}")
+        if self.bias not in ("none", "all", "lora_only"):
+            raise ValueError(f"lora.bias must be none, all or lora_only, got {self.bias!r}")
+
+
+@dataclass
+class DataArgs:
+    path: str = field(
+        metadata={"help": "Hub dataset id, local file/directory (parquet, json, jsonl, csv), or 'synthetic'."}
+    )
+    split: str = field(default="train", metadata={"help": "Dataset split."})
+    format: str = field(
+        default="auto",
+        metadata={"help": "Row layout: auto, fusang_long, messages, prompt_completion or instruction_output."},
+    )
+    min_length: int = field(default=0, metadata={"help": "Drop samples shorter than this many tokens."})
+    max_length: int | None = field(default=None, metadata={"help": "Drop samples longer than this many tokens."})
+    judge_filter: bool = field(default=True, metadata={"help": "fusang_long: keep only rows with judge == 1."})
+    system_prompt: str | None = field(default=None, metadata={"help": "Optional system message for every sample."})
+    max_samples: int | None = field(default=None, metadata={"help": "Use at most this many rows."})
+    synthetic_rows: int = field(default=64, metadata={"help": "path: synthetic: number of generated rows."})
+    synthetic_words: list[int] = field(
+        default_factory=lambda: [300, 600], metadata={"help": "path: synthetic: [min, max] prompt length in words."}
+    )
+    synthetic_seed: int = field(default=0, metadata={"help": "path: synthetic: generator seed."})
+
+    def __post_init__(self):
+        formats = ("auto", "fusang_long", "messages", "prompt_completion", "instruction_output")
+        if self.format not in formats:
+            raise ValueError(f"data.format must be one of {formats}, got {self.format!r}")
+        if not _is_int(self.min_length) or self.min_length < 0:
+            raise ValueError(f"data.min_length must be a non-negative int, got {self.min_length!r}")
+        if self.max_length is not None and (not _is_int(self.max_length) or self.max_length < self.min_length):
+            raise ValueError(f"data.max_length must be an int >= min_length, got {self.max_length!r}")
+        w = self.synthetic_words
+        if not (isinstance(w, (list, tuple)) and len(w) == 2 and all(_is_int(x) and x > 0 for x in w) and w[0] <= w[1]):
+            raise ValueError(f"data.synthetic_words must be [min, max] positive ints, got {w!r}")
+
+
+@dataclass
+class ExportArgs:
+    merge: bool = field(
+        default=False, metadata={"help": "After training, also write base + adapter merged into <output_dir>/merged."}
+    )
+    model_card: bool = field(default=True, metadata={"help": "Write a README.md model card beside the adapter."})
+
+
+SECTIONS = ("model", "swaa", "lora", "data", "training", "export")
+
+
+@dataclass
+class Recipe:
+    """A whole training run: recipes/NAME.yaml parsed into one dataclass per section."""
+
+    model: ModelArgs
+    swaa: SWAAConfig
+    lora: LoraArgs
+    data: DataArgs
+    training: Any  # trl.SFTConfig
+    export: ExportArgs = field(default_factory=ExportArgs)
+    name: str = "custom"
+
+
+# ------------------------------------------------------------------------------------------
+# Loading a recipe
+# ------------------------------------------------------------------------------------------
+RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
+
+
+def resolve_recipe_path(name_or_path: str) -> Path:
+    """A YAML path as given, else recipes/NAME.yaml of this project."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    for candidate in (Path("recipes") / f"{name_or_path}.yaml", RECIPES_DIR / f"{name_or_path}.yaml"):
+        if candidate.is_file():
+            return candidate
+    known = sorted(p.stem for p in RECIPES_DIR.glob("*.yaml")) if RECIPES_DIR.is_dir() else []
+    raise ValueError(f"recipe {name_or_path!r}: no such file and no recipes/{name_or_path}.yaml; known: {known}")
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    """Apply command-line overrides `section.field=value` (value parsed as YAML) to a raw recipe."""
+    raw = {section: dict(values or {}) for section, values in raw.items()}
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        section, dot, name = key.partition(".")
+        if not sep or not dot or not name:
+            raise ValueError(f"override {item!r}: expected section.field=value, e.g. training.max_steps=10")
+        if section not in SECTIONS:
+            raise ValueError(f"override {item!r}: unknown section {section!r}; sections: {list(SECTIONS)}")
+        raw.setdefault(section, {})[name] = yaml.safe_load(value) if value != "" else None
+    return raw
+
+
+def _section(cls, raw: dict, name: str):
+    values = raw.get(name) or {}
+    if not isinstance(values, dict):
+        raise ValueError(f"recipe section {name!r} must be a mapping, got {type(values).__name__}")
+    _reject_unknown(cls, values, f"recipe section {name!r}")
+    try:
+        return cls(**values)
+    except TypeError as err:  # a required field is missing
+        raise ValueError(f"recipe section {name!r}: {err}") from None
+
+
+def build_recipe(raw: dict, name: str = "custom") -> Recipe:
+    """Validate a raw recipe mapping and build its dataclasses; errors name the section and field."""
+    from trl import SFTConfig
+
+    if not isinstance(raw, dict):
+        raise ValueError("a recipe must be a YAML mapping of sections")
+    unknown = sorted(set(raw) - set(SECTIONS))
+    if unknown:
+        raise ValueError(f"recipe: unknown section(s) {unknown}; sections: {list(SECTIONS)}")
+    for required in ("model", "data"):
+        if not raw.get(required):
+            raise ValueError(f"recipe: section {required!r} is required")
+    try:
+        swaa = SWAAConfig.from_dict(raw.get("swaa") or {})
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"recipe section 'swaa': {err}") from None
+    return Recipe(
+        model=_section(ModelArgs, raw, "model"),
+        swaa=swaa,
+        lora=_section(LoraArgs, raw, "lora"),
+        data=_section(DataArgs, raw, "data"),
+        training=_section(SFTConfig, raw, "training"),
+        export=_section(ExportArgs, raw, "export"),
+        name=name,
+    )
+
+
+def load_recipe(name_or_path: str, overrides: list[str] | None = None) -> tuple[Recipe, dict]:
+    """Read recipes/NAME.yaml (or a path), apply overrides; return the recipe and its raw mapping."""
+    path = resolve_recipe_path(name_or_path)
+    raw = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: a recipe must be a YAML mapping of sections")
+    raw = apply_overrides(raw, overrides or [])
+    return build_recipe(raw, name=path.stem), raw

@@ -1,0 +1,37 @@
+"""Shared fixtures: tiny random-init models of real architectures (no download)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, LlamaConfig, MistralConfig, Qwen2Config, Qwen3Config, Qwen3MoeConfig
+
+VOCAB = 97
+
+_COMMON = dict(
+    vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=3, num_attention_heads=4,
+    num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=False,
+)
+
+TINY_CONFIGS = {
+    "qwen3": lambda: Qwen3Config(**_COMMON, head_dim=16),
+    "qwen2": lambda: Qwen2Config(**_COMMON),
+    "llama": lambda: LlamaConfig(**_COMMON),
+    "mistral": lambda: MistralConfig(**_COMMON, sliding_window=None),
+    "qwen3_moe": lambda: Qwen3MoeConfig(
+        **{**_COMMON, "intermediate_size": 64}, head_dim=16, num_experts=4, num_experts_per_tok=2,
+        moe_intermediate_size=32, decoder_sparse_step=1,
+    ),
+}
+
+
+def tiny_model(arch: str, seed: int = 0, attn_implementation: str = "sdpa"):
+    torch.manual_seed(seed)
+    config = TINY_CONFIGS[arch]()
+    config._attn_implementation = attn_implementation
+    return AutoModelForCausalLM.from_config(config, attn_implementation=attn_implementation).eval()
+
+
+@pytest.fixture(params=sorted(TINY_CONFIGS))
+def arch(request):
+    return request.param
