@@ -1,0 +1,61 @@
+"""One training run from a recipe: model -> data -> SWAATrainer -> adapter + swaa_config.json."""
+
+from __future__ import annotations
+
+from accelerate import PartialState
+from datasets import Dataset
+from transformers import set_seed
+from transformers.utils import logging
+
+from .config import DataArgs, Recipe, load_recipe
+from .data import build_sft_dataset, load_rows
+from .model import load_model, load_tokenizer
+from .trainer import SWAATrainer, lora_config
+
+logger = logging.get_logger(__name__)
+
+
+def load_training_rows(args: DataArgs) -> Dataset:
+    """The raw rows of the recipe's data section (a Hub id, a local path, or the synthetic set)."""
+    if args.path == "synthetic":
+        from .synthetic import make_longqa_rows
+
+        rows = make_longqa_rows(
+            args.synthetic_rows, seed=args.synthetic_seed,
+            min_words=args.synthetic_words[0], max_words=args.synthetic_words[1],
+        )
+        return Dataset.from_list(rows)
+    return load_rows(args.path, split=args.split)
+
+
+def build_trainer(recipe: Recipe, raw: dict | None = None) -> SWAATrainer:
+    set_seed(recipe.training.seed)
+    tokenizer = load_tokenizer(recipe.model)
+    model = load_model(recipe.model, recipe.swaa)
+    logger.info("SWAA attention: %s", recipe.swaa.describe())
+    data = recipe.data
+    with PartialState().main_process_first():
+        dataset = build_sft_dataset(
+            load_training_rows(data), tokenizer, format=data.format, min_length=data.min_length,
+            max_length=data.max_length, judge_filter=data.judge_filter, system_prompt=data.system_prompt,
+            max_samples=data.max_samples,
+        )
+    logger.info("Training on %d samples", len(dataset))
+    return SWAATrainer(
+        model=model, args=recipe.training, train_dataset=dataset, processing_class=tokenizer,
+        peft_config=lora_config(recipe.lora), swaa_config=recipe.swaa, base_model=recipe.model.name_or_path,
+        recipe_name=recipe.name, recipe_raw=raw,
+    )
+
+
+def run_training(recipe_name: str, overrides: list[str] | None = None) -> SWAATrainer:
+    recipe, raw = load_recipe(recipe_name, overrides)
+    trainer = build_trainer(recipe, raw)
+    trainer.train(resume_from_checkpoint=recipe.training.resume_from_checkpoint)
+    trainer.save_model(recipe.training.output_dir)
+    logger.info("Adapter, swaa_config.json and model card written to %s", recipe.training.output_dir)
+    if recipe.export.merge:
+        from .export import merge_adapter
+
+        merge_adapter(recipe.training.output_dir, f"{recipe.training.output_dir}/merged")
+    return trainer

@@ -1,0 +1,127 @@
+"""SWAATrainer: TRL's SFTTrainer training LoRA under the SWAA mask.
+
+What it adds to SFTTrainer:
+- every batch carries `swaa_full_from`, the index of each document's first supervised
+  token, so answer tokens attend to all keys (FA decode) while the prompt uses the window;
+- swaa_config.json and a model card are written with every checkpoint and the final adapter.
+
+What SFTTrainer already does and this relies on: padding-free packing (`packing=True`,
+`packing_strategy="bfd"`: cu_seq_lens per document), PEFT wrapping from `peft_config`,
+gradient checkpointing, and a fused LM head that projects only the hidden states at
+supervised positions (the full-vocabulary logits of a long prompt are never built).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import yaml
+from peft import LoraConfig
+from trl import SFTTrainer
+
+from .config import LoraArgs, SWAAConfig
+
+IGNORE_INDEX = -100
+
+
+def lora_config(args: LoraArgs) -> LoraConfig:
+    return LoraConfig(
+        r=args.r, lora_alpha=args.alpha, lora_dropout=args.dropout, target_modules=list(args.target_modules),
+        use_rslora=args.use_rslora, bias=args.bias, task_type="CAUSAL_LM",
+    )
+
+
+def first_supervised(labels: torch.Tensor, cu_seqlens: torch.Tensor) -> torch.Tensor:
+    """Per document of a packed row, the offset of its first supervised token (its length if none).
+
+    labels: (total,), IGNORE_INDEX where unsupervised; cu_seqlens: (docs + 1,) int32.
+    """
+    total, docs = labels.numel(), cu_seqlens.numel() - 1
+    lengths = cu_seqlens.diff().long()
+    doc_of = torch.repeat_interleave(torch.arange(docs), lengths)
+    offset = torch.arange(total) - cu_seqlens[:-1].long()[doc_of]
+    # Unsupervised tokens count as lying at the document's end.
+    candidate = torch.where(labels != IGNORE_INDEX, offset, lengths[doc_of])
+    first = lengths.clone()
+    first.scatter_reduce_(0, doc_of, candidate, reduce="amin")
+    return first.to(torch.int32)
+
+
+class FullFromCollator:
+    """Wraps a collator; adds `swaa_full_from` (one entry per document) to each batch."""
+
+    def __init__(self, collator):
+        self.collator = collator
+
+    def __call__(self, examples):
+        batch = self.collator(examples)
+        labels = batch["labels"]
+        if "cu_seq_lens_q" in batch:  # padding-free: one packed row
+            batch["swaa_full_from"] = first_supervised(labels[0], batch["cu_seq_lens_q"])
+        else:  # one right-padded document per row
+            width = labels.shape[1]
+            cu = torch.arange(labels.shape[0] + 1, dtype=torch.int32) * width
+            batch["swaa_full_from"] = first_supervised(labels.reshape(-1), cu)
+        return batch
+
+
+def model_card(swaa: SWAAConfig, base_model: str, recipe_name: str, recipe_raw: dict | None) -> str:
+    recipe_yaml = yaml.safe_dump(recipe_raw, sort_keys=False) if recipe_raw else "(not recorded)\n"
+    return f"""---
+base_model: {base_model}
+library_name: peft
+tags: [swaa, sliding-window-attention, lora, swaa-train]
+---
+# SWAA LoRA adapter for {base_model}
+
+A LoRA adapter trained with swaa-train (Sliding Window Attention Adaptation,
+arXiv 2512.10411) so that `{base_model}` runs with sliding-window attention.
+
+**SWAA settings** (`swaa_config.json`): {swaa.describe()}.
+Run the model with these settings: the adapter was trained under this exact mask.
+
+## How to load
+```python
+from swaa_train.inference import load_swaa_model
+model, tokenizer = load_swaa_model("{base_model}", adapter="<this repo or directory>")
+```
+or with plain PEFT, then switch attention to SWAA with the saved config:
+```python
+from peft import PeftModel
+from transformers import AutoModelForCausalLM
+from swaa_train.attention import apply_swaa
+from swaa_train.config import SWAAConfig
+base = AutoModelForCausalLM.from_pretrained("{base_model}")
+model = apply_swaa(PeftModel.from_pretrained(base, "<this repo or directory>"), SWAAConfig.load("<dir>"))
+```
+
+## Recipe `{recipe_name}`
+```yaml
+{recipe_yaml}```
+"""
+
+
+class SWAATrainer(SFTTrainer):
+    """SFTTrainer under the SWAA mask; saves swaa_config.json and a card beside every adapter."""
+
+    def __init__(self, *args, swaa_config: SWAAConfig, base_model: str = "unknown",
+                 recipe_name: str = "custom", recipe_raw: dict | None = None, **kwargs):
+        training_args = kwargs.get("args")
+        # Our datasets are pre-tokenized with a completion_mask: train on the answer only.
+        if training_args is not None and training_args.completion_only_loss is None:
+            training_args.completion_only_loss = True
+        super().__init__(*args, **kwargs)
+        self.swaa_config = swaa_config
+        self.base_model = base_model
+        self.recipe_name = recipe_name
+        self.recipe_raw = recipe_raw
+        self.data_collator = FullFromCollator(self.data_collator)
+
+    def _save(self, output_dir: str | None = None, state_dict=None):
+        super()._save(output_dir, state_dict=state_dict)
+        output_dir = Path(output_dir or self.args.output_dir)
+        if self.args.should_save:
+            self.swaa_config.save(output_dir)
+            card = model_card(self.swaa_config, self.base_model, self.recipe_name, self.recipe_raw)
+            (output_dir / "README.md").write_text(card)

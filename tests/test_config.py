@@ -1,0 +1,131 @@
+"""SWAAConfig and recipe validation: every bad field is named in the error."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from swaa_train.config import SWAAConfig, apply_overrides, build_recipe, load_recipe, resolve_recipe_path
+
+
+def test_per_layer_resolution():
+    cfg = SWAAConfig(sliding_window_size=64, keep_first=4, force_fa_decode=[0, 2], non_sliding_layers=[1])
+    assert [cfg.layer_window(i) for i in range(4)] == [64, None, 64, 64]
+    assert [cfg.layer_fa_decode(i) for i in range(4)] == [True, False, True, False]
+    assert SWAAConfig().layer_window(0) is None
+    assert SWAAConfig(sliding_window_size=8, force_fa_decode=True).layer_fa_decode(5)
+
+
+def test_json_round_trip(tmp_path):
+    cfg = SWAAConfig(sliding_window_size=2048, keep_first=100, force_fa_decode=True, non_sliding_layers=[5, 1, 1])
+    path = cfg.save(tmp_path)
+    data = json.loads(path.read_text())
+    # The SWAA reference code's field names, nothing else.
+    assert data == {"sliding_window_size": 2048, "keep_first": 100, "force_fa_decode": True,
+                    "non_sliding_layers": [1, 5]}
+    assert SWAAConfig.load(tmp_path) == cfg
+
+
+@pytest.mark.parametrize(
+    "data, field",
+    [
+        ({"sliding_window_size": 0}, "sliding_window_size"),
+        ({"sliding_window_size": -3}, "sliding_window_size"),
+        ({"sliding_window_size": 2.5}, "sliding_window_size"),
+        ({"keep_first": -1}, "keep_first"),
+        ({"force_fa_decode": "yes"}, "force_fa_decode"),
+        ({"force_fa_decode": [1, -2]}, "force_fa_decode"),
+        ({"non_sliding_layers": [0, "x"]}, "non_sliding_layers"),
+        ({"window": 128}, "window"),
+    ],
+)
+def test_bad_swaa_field_is_named(data, field):
+    with pytest.raises(ValueError, match=field):
+        SWAAConfig.from_dict(data)
+
+
+def test_layer_out_of_range_named_at_load(tmp_path):
+    (tmp_path / "swaa_config.json").write_text(json.dumps({"sliding_window_size": 8, "non_sliding_layers": [3, 40]}))
+    with pytest.raises(ValueError, match=r"non_sliding_layers: layer index \[40\] out of range.*36"):
+        SWAAConfig.load(tmp_path, num_layers=36)
+
+
+def _raw():
+    return {
+        "model": {"name_or_path": "some/model"},
+        "swaa": {"sliding_window_size": 16, "keep_first": 2},
+        "data": {"path": "synthetic"},
+        "training": {"output_dir": "out", "bf16": False, "use_cpu": True, "max_steps": 3},
+    }
+
+
+def test_recipe_sections_map_onto_dataclasses():
+    recipe = build_recipe(_raw())
+    assert recipe.model.name_or_path == "some/model"
+    assert recipe.swaa.layer_window(0) == 16
+    assert recipe.training.max_steps == 3  # TRL's own SFTConfig
+    assert recipe.lora.r == 16 and recipe.lora.use_rslora
+
+
+@pytest.mark.parametrize(
+    "section, key, value, message",
+    [
+        ("model", "nme_or_path", "x", r"section 'model': unknown key\(s\) \['nme_or_path'\]"),
+        ("lora", "r", 0, "lora.r"),
+        ("lora", "dropout", 1.5, "lora.dropout"),
+        ("lora", "bias", "some", "lora.bias"),
+        ("data", "format", "csv", "data.format"),
+        ("data", "max_length", -1, "data.max_length"),
+        ("data", "synthetic_words", [5], "data.synthetic_words"),
+        ("model", "dtype", "int8", "model.dtype"),
+        ("swaa", "keep_first", -4, "section 'swaa': keep_first"),
+        ("training", "learning_rat", 1e-4, r"section 'training': unknown key\(s\) \['learning_rat'\]"),
+    ],
+)
+def test_bad_recipe_field_is_named(section, key, value, message):
+    raw = _raw()
+    raw.setdefault(section, {})[key] = value
+    with pytest.raises(ValueError, match=message):
+        build_recipe(raw)
+
+
+def test_unknown_section_and_missing_sections():
+    with pytest.raises(ValueError, match=r"unknown section\(s\) \['optim'\]"):
+        build_recipe({**_raw(), "optim": {}})
+    raw = _raw()
+    del raw["data"]
+    with pytest.raises(ValueError, match="section 'data' is required"):
+        build_recipe(raw)
+
+
+def test_overrides():
+    raw = apply_overrides(_raw(), ["training.max_steps=7", "swaa.non_sliding_layers=[0, 2]", "lora.r=8"])
+    recipe = build_recipe(raw)
+    assert recipe.training.max_steps == 7 and recipe.swaa.non_sliding_layers == [0, 2] and recipe.lora.r == 8
+    for bad, message in [("training.max_steps", "section.field=value"), ("max_steps=3", "section.field=value"),
+                         ("optim.lr=1", "unknown section 'optim'")]:
+        with pytest.raises(ValueError, match=message):
+            apply_overrides(_raw(), [bad])
+
+
+@pytest.mark.parametrize("name", ["demo", "qwen3_swa2k", "llama31_swa4k"])
+def test_shipped_recipes_parse(name):
+    # bf16 cannot be validated without a GPU: switch it off as a CPU user would.
+    recipe, raw = load_recipe(name, ["training.bf16=false", "training.use_cpu=true"])
+    assert recipe.name == name
+    assert raw["model"]["name_or_path"] == recipe.model.name_or_path
+    if name == "qwen3_swa2k":
+        assert recipe.model.name_or_path == "Qwen/Qwen3-4B-Instruct-2507"
+        assert recipe.swaa == SWAAConfig(2048, 100, True, list(range(1, 36, 4)))
+        assert recipe.lora.r == 16 and recipe.lora.use_rslora and recipe.lora.target_modules == ["q_proj", "k_proj", "v_proj"]
+        assert recipe.training.learning_rate == 1e-4 and recipe.training.packing
+
+
+def test_recipe_path_resolution(tmp_path):
+    path = tmp_path / "mine.yaml"
+    path.write_text(yaml.safe_dump(_raw()))
+    assert resolve_recipe_path(str(path)) == path
+    with pytest.raises(ValueError, match="no such file.*known: .*demo"):
+        resolve_recipe_path("does_not_exist")
