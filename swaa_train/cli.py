@@ -1,4 +1,5 @@
-"""Command line: `swaa-train [train] --recipe NAME [section.field=value ...]`.
+"""Command line: `swaa-train [train] --recipe NAME [section.field=value ...]`, and after training
+`swaa-train merge | push | eval | distill ...` (each with --help).
 
 `python train.py ...` and `accelerate launch train.py ...` run the same `train` command.
 """
@@ -28,7 +29,92 @@ def train_main(argv: list[str]) -> None:
     run_training(args.recipe, args.overrides)
 
 
-COMMANDS = {"train": train_main}
+# ------------------------------------------------------------------------------------------
+# After training: merge, push, eval, distill
+# ------------------------------------------------------------------------------------------
+def merge_main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(
+        prog="swaa-train merge", description="Merge a LoRA adapter into its base; keep swaa_config and tokenizer."
+    )
+    parser.add_argument("adapter_dir", help="adapter directory written by training (adapter + swaa_config.json)")
+    parser.add_argument("out_dir", help="merged model directory to write (written atomically)")
+    parser.add_argument("--base", default=None, help="base model id or path (default: the adapter's record)")
+    parser.add_argument("--dtype", default="auto", help="weights dtype: auto, bfloat16, float16 or float32")
+    parser.add_argument("--overwrite", action="store_true", help="replace out_dir if it exists")
+    args = parser.parse_args(argv)
+    from .export import merge_adapter
+
+    merge_adapter(args.adapter_dir, args.out_dir, base_model=args.base, dtype=args.dtype, overwrite=args.overwrite)
+
+
+def push_main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(
+        prog="swaa-train push", description="Upload an adapter or merged directory (with its card) to the Hub."
+    )
+    parser.add_argument("folder", help="adapter or merged model directory")
+    parser.add_argument("--repo-id", required=True, help="Hub repo, 'owner/name' or 'name'")
+    parser.add_argument("--private", action="store_true", help="create the repo private")
+    parser.add_argument("--revision", default=None, help="branch to upload to")
+    parser.add_argument("--commit-message", default=None)
+    parser.add_argument("--dry-run", action="store_true", help="print the files and card; upload nothing")
+    args = parser.parse_args(argv)
+    from .hub import push_to_hub
+
+    plan = push_to_hub(args.folder, args.repo_id, private=args.private, dry_run=args.dry_run,
+                       commit_message=args.commit_message, revision=args.revision)
+    if args.dry_run:
+        print(plan.describe())
+
+
+def eval_main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(
+        prog="swaa-train eval", description="Long-context QA accuracy under several SWAA settings, in one run."
+    )
+    parser.add_argument("--model", required=True, help="base, merged or adapter directory / Hub id")
+    parser.add_argument("--adapter", default=None, help="LoRA adapter (settings run with and without it)")
+    parser.add_argument("--data", required=True, help="parquet/json(l) with prompt (or context+question) and answer")
+    parser.add_argument("--out", required=True, help="output directory: samples.jsonl, results.json, results.md")
+    parser.add_argument("--settings", default=None, help="YAML/JSON list of {name, swaa, adapter}; default: the ladder")
+    parser.add_argument("--limit", type=int, default=None, help="evaluate the first N rows only")
+    parser.add_argument("--max-new-tokens", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--device", default=None)
+    args = parser.parse_args(argv)
+    from .evaluate import format_table, load_settings, run_evaluation
+
+    settings = load_settings(args.settings) if args.settings else None
+    summary = run_evaluation(
+        args.model, args.data, args.out, adapter=args.adapter, settings=settings, limit=args.limit,
+        max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, dtype=args.dtype, device=args.device,
+    )
+    print(format_table(summary))
+
+
+def distill_main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(
+        prog="swaa-train distill", description="Self-distillation: the full-attention model answers, a judge scores."
+    )
+    parser.add_argument("--model", required=True, help="the original (full-attention) model")
+    parser.add_argument("--data", required=True, help="fusang_long-style rows: prompt, question, answer")
+    parser.add_argument("--out", required=True, help="parquet to write (prompt/response/judge + the input columns)")
+    parser.add_argument("--judge-model", default=None, help="judge model asked yes/no (default: answer match)")
+    parser.add_argument("--limit", type=int, default=None)
+    parser.add_argument("--max-new-tokens", type=int, default=256)
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--device", default=None)
+    args = parser.parse_args(argv)
+    from .distill import run_self_distill
+
+    stats = run_self_distill(
+        args.model, args.data, args.out, limit=args.limit, max_new_tokens=args.max_new_tokens,
+        batch_size=args.batch_size, judge_model=args.judge_model, dtype=args.dtype, device=args.device,
+    )
+    print(f"{stats['judged_correct']}/{stats['rows']} responses judged correct -> {stats['out_path']}")
+
+
+COMMANDS = {"train": train_main, "merge": merge_main, "push": push_main, "eval": eval_main, "distill": distill_main}
 
 
 def main(argv: list[str] | None = None) -> None:

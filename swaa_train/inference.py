@@ -248,7 +248,7 @@ def format_prompt(tokenizer: PreTrainedTokenizerBase, text: str, system_prompt: 
 
 def generate(
     model, tokenizer: PreTrainedTokenizerBase, prompts: list[str], max_new_tokens: int = 64, batch_size: int = 8,
-    chat: bool = True, use_cache: bool = True, progress: bool = False, **generate_kwargs,
+    chat: bool = True, use_cache: bool = True, progress: bool = False, desc: str = "generate", **generate_kwargs,
 ) -> list[str]:
     """Responses to `prompts` (batched, shortest first to waste little on padding), in input order."""
     from tqdm.auto import tqdm
@@ -260,7 +260,7 @@ def generate(
     generate_kwargs.setdefault("pad_token_id", tokenizer.pad_token_id)
     device = next(model.parameters()).device
     batches = range(0, len(order), batch_size)
-    for start in tqdm(batches, desc="generate", disable=not progress):
+    for start in tqdm(batches, desc=desc, disable=not progress):
         rows = order[start:start + batch_size]
         batch = tokenizer.pad({"input_ids": [encoded[i] for i in rows]}, padding_side="left", return_tensors="pt")
         result = generate_ids(
