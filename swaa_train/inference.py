@@ -216,24 +216,33 @@ def generate_ids(
     num_layers = model.config.get_text_config().num_hidden_layers
     generate_kwargs.setdefault("do_sample", False)
     repeats = generate_kwargs.get("num_return_sequences", 1)
-    cache = None
+    swaa, cache = swaa_of(model), None
     if use_cache:
         pad = left_pad_lengths(attention_mask).repeat_interleave(repeats)
-        cache = SWAACache(swaa_of(model), num_layers, pad)
+        cache = SWAACache(swaa, num_layers, pad)
         generate_kwargs["past_key_values"] = cache
+    elif any(swaa.layer_window(i) is not None and swaa.layer_fa_decode(i) for i in range(num_layers)):
+        # Recomputing the whole sequence, the attention cannot tell generated tokens from the
+        # prompt, and generate() refuses the swaa_full_from kwarg that would tell it.
+        raise ValueError("use_cache=False cannot apply FA decode through generate(); use the KV cache")
     with torch.no_grad():
         out = model.generate(
             input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=max_new_tokens, use_cache=use_cache,
             **generate_kwargs,
         )
     memory = cache.memory_report() if cache is not None else None
-    if memory and memory["sliding_cache_layers"]:
-        logger.info(
-            "KV cache: %.2f MiB held, %.2f MiB saved by %d sliding-window layers (of %d)",
-            memory["held_bytes"] / 2**20, memory["saved_bytes"] / 2**20, memory["sliding_cache_layers"],
-            memory["layers"],
-        )
+    if memory:
+        logger.debug(describe_memory(memory))
     return Generation(out[:, input_ids.shape[1]:], memory)
+
+
+def describe_memory(memory: dict) -> str:
+    full = max(memory["full_cache_bytes"], 1)
+    return (
+        f"KV cache: {memory['held_bytes'] / 2**20:.2f} MiB held of {memory['full_cache_bytes'] / 2**20:.2f} MiB "
+        f"a full cache would hold ({100 * memory['saved_bytes'] / full:.0f}% saved by "
+        f"{memory['sliding_cache_layers']} of {memory['layers']} layers keeping only sinks + window)"
+    )
 
 
 def format_prompt(tokenizer: PreTrainedTokenizerBase, text: str, system_prompt: str | None = None) -> str:
@@ -260,6 +269,7 @@ def generate(
     generate_kwargs.setdefault("pad_token_id", tokenizer.pad_token_id)
     device = next(model.parameters()).device
     batches = range(0, len(order), batch_size)
+    largest = None  # memory report of the batch with the largest cache, logged once at the end
     for start in tqdm(batches, desc=desc, disable=not progress):
         rows = order[start:start + batch_size]
         batch = tokenizer.pad({"input_ids": [encoded[i] for i in rows]}, padding_side="left", return_tensors="pt")
@@ -269,4 +279,8 @@ def generate(
         )
         for i, ids in zip(rows, result.sequences):
             responses[i] = tokenizer.decode(ids, skip_special_tokens=True).strip()
+        if result.memory and (largest is None or result.memory["full_cache_bytes"] > largest["full_cache_bytes"]):
+            largest = result.memory
+    if largest and largest["sliding_cache_layers"]:
+        logger.info("%s: largest batch: %s", desc, describe_memory(largest))
     return responses

@@ -65,6 +65,13 @@ def test_cached_generation_equals_full_recomputation(setting, lengths):
     expected = greedy_without_cache(model, ids, mask, steps)
     got = generate_ids(model, ids, mask, max_new_tokens=steps, eos_token_id=None, pad_token_id=0).sequences
     assert got.tolist() == expected.tolist()
+    if SETTINGS[setting].force_fa_decode:  # generate() cannot be told where the prompt ends without a cache
+        with pytest.raises(ValueError, match="use_cache=False"):
+            generate_ids(model, ids, mask, max_new_tokens=steps, use_cache=False)
+    else:
+        got = generate_ids(model, ids, mask, max_new_tokens=steps, use_cache=False, eos_token_id=None,
+                           pad_token_id=0).sequences
+        assert got.tolist() == expected.tolist()
 
 
 def test_sliding_cache_holds_at_most_window_plus_sinks():
