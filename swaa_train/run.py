@@ -28,11 +28,23 @@ def load_training_rows(args: DataArgs) -> Dataset:
     return load_rows(args.path, split=args.split)
 
 
+def save_random_base(model, tokenizer, output_dir: str) -> str:
+    """A random-init base exists nowhere else: keep it beside the adapter so the run can be reloaded."""
+    path = f"{output_dir}/base-model"
+    if PartialState().is_main_process:
+        model.save_pretrained(path)
+        tokenizer.save_pretrained(path)
+    return path
+
+
 def build_trainer(recipe: Recipe, raw: dict | None = None) -> SWAATrainer:
     set_seed(recipe.training.seed)
     tokenizer = load_tokenizer(recipe.model)
     model = load_model(recipe.model, recipe.swaa)
     logger.info("SWAA attention: %s", recipe.swaa.describe())
+    base_model = recipe.model.name_or_path
+    if recipe.model.from_config:
+        base_model = save_random_base(model, tokenizer, recipe.training.output_dir)
     data = recipe.data
     with PartialState().main_process_first():
         dataset = build_sft_dataset(
@@ -43,7 +55,7 @@ def build_trainer(recipe: Recipe, raw: dict | None = None) -> SWAATrainer:
     logger.info("Training on %d samples", len(dataset))
     return SWAATrainer(
         model=model, args=recipe.training, train_dataset=dataset, processing_class=tokenizer,
-        peft_config=lora_config(recipe.lora), swaa_config=recipe.swaa, base_model=recipe.model.name_or_path,
+        peft_config=lora_config(recipe.lora), swaa_config=recipe.swaa, base_model=base_model,
         recipe_name=recipe.name, recipe_raw=raw,
     )
 

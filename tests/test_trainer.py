@@ -70,3 +70,86 @@ def test_packed_batch_gives_each_document_its_own_loss():
     for b, example in enumerate(examples):
         alone = _per_document_losses(model, collator([example]))[0]
         torch.testing.assert_close(packed[b], alone, atol=1e-4, rtol=1e-4)
+
+
+# ------------------------------------------------------------------------------------------
+# End to end on the demo recipe (tiny shipped model, synthetic data), a few steps on CPU
+# ------------------------------------------------------------------------------------------
+def _demo_overrides(tmp_path, steps=6, **extra):
+    values = {
+        "training.output_dir": str(tmp_path / "out"), "training.max_steps": steps, "training.logging_steps": 1,
+        "training.save_steps": 3, "training.max_length": 1024, "data.synthetic_rows": 12,
+        "data.synthetic_words": "[80, 160]", "data.max_length": 1024, "training.disable_tqdm": "true",
+        "swaa.sliding_window_size": 32, "swaa.keep_first": 4, **extra,
+    }
+    return [f"{k}={v}" for k, v in values.items()]
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    from swaa_train.run import run_training
+
+    tmp_path = tmp_path_factory.mktemp("demo")
+    trainer = run_training("demo", _demo_overrides(tmp_path, steps=6))
+    return tmp_path / "out", trainer
+
+
+def test_demo_trains_with_falling_loss_and_writes_outputs(demo_run):
+    out, trainer = demo_run
+    losses = [log["loss"] for log in trainer.state.log_history if "loss" in log]
+    assert len(losses) == 6
+    assert sum(losses[-2:]) / 2 < sum(losses[:2]) / 2, losses
+    for name in ("adapter_model.safetensors", "adapter_config.json", "swaa_config.json", "README.md"):
+        assert (out / name).is_file(), name
+    assert json.loads((out / "swaa_config.json").read_text())["sliding_window_size"] == 32
+    assert "window 32, keep_first 4" in (out / "README.md").read_text()
+    for checkpoint in ("checkpoint-3", "checkpoint-6"):
+        assert (out / checkpoint / "swaa_config.json").is_file()
+
+
+def test_reloading_base_adapter_and_config_reproduces_logits(demo_run):
+    from peft import PeftModel
+
+    from swaa_train.config import ModelArgs
+    from swaa_train.model import load_model
+
+    out, trainer = demo_run
+    model = trainer.model.eval()
+    ids = torch.randint(0, 500, (1, 200), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = model(input_ids=ids).logits
+    # A random-init base is saved beside the adapter, since it exists nowhere else.
+    base = load_model(ModelArgs(str(out / "base-model"), dtype="float32"), SWAAConfig.load(out))
+    reloaded = PeftModel.from_pretrained(base, out).eval()
+    with torch.no_grad():
+        got = reloaded(input_ids=ids).logits
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_supervised_positions_loss_equals_transformers_loss(demo_run):
+    _, trainer = demo_run
+    batch = next(iter(trainer.get_train_dataloader()))
+    model = trainer.model.eval()
+    calls = []
+    handle = model.get_base_model().lm_head.register_forward_hook(lambda *a: calls.append(1))
+    with torch.no_grad():
+        ours = trainer.compute_loss(model, dict(batch))
+    handle.remove()
+    assert not calls, "the LM head ran over every position"
+    with torch.no_grad():
+        reference = model(**batch).loss  # transformers' ForCausalLMLoss over the full logits
+    torch.testing.assert_close(ours, reference, atol=1e-5, rtol=1e-5)
+
+
+def test_resume_continues_the_same_run(tmp_path, demo_run):
+    from swaa_train.run import run_training
+
+    _, straight = demo_run
+    first = run_training("demo", _demo_overrides(tmp_path, steps=3, **{"training.max_steps": 3}))
+    assert (tmp_path / "out" / "checkpoint-3").is_dir()
+    resumed = run_training("demo", _demo_overrides(
+        tmp_path, steps=6, **{"training.resume_from_checkpoint": str(tmp_path / "out" / "checkpoint-3")}))
+    assert resumed.state.global_step == 6
+    losses = lambda t: [round(log["loss"], 4) for log in t.state.log_history if "loss" in log]  # noqa: E731
+    assert losses(resumed)[-3:] == losses(straight)[-3:]
+    assert first.state.global_step == 3

@@ -22,6 +22,9 @@ from .checks import check_varlen_args
 
 # Queries per chunk in the reference: bounds its memory at QUERY_CHUNK x k_len scores.
 QUERY_CHUNK = 1024
+# Longer sequences recompute each chunk in the backward instead of keeping its mask and
+# whatever SDPA's backend saves; shorter ones (the CPU training path) skip the recompute.
+CHECKPOINT_ABOVE = 4096
 
 
 def visible(
@@ -43,15 +46,13 @@ def visible(
 
 def _attend_chunk(q, k, v, q_pos, k_pos, scale, window, keep_first, full_from):
     """Attention of one query chunk of one sequence, fp32 math. q: (n, Hq, D); k, v: (m, Hkv, D)."""
-    group = q.shape[1] // k.shape[1]
-    k = k.float().repeat_interleave(group, dim=1)
-    v = v.float().repeat_interleave(group, dim=1)
-    scores = torch.einsum("qhd,khd->hqk", q.float(), k) * scale
     mask = visible(q_pos, k_pos, window=window, keep_first=keep_first, full_from=full_from)
-    scores = scores.masked_fill(~mask, float("-inf"))
-    # A query with no visible key (cannot happen for j <= i with k_len >= q_len) outputs zeros.
-    probs = torch.softmax(scores, dim=-1).nan_to_num(0.0)
-    return torch.einsum("hqk,khd->qhd", probs, v)
+    # (heads, tokens, dim) layout; enable_gqa lets each group of q heads share a kv head.
+    out = torch.nn.functional.scaled_dot_product_attention(
+        q.float().transpose(0, 1), k.float().transpose(0, 1), v.float().transpose(0, 1),
+        attn_mask=mask, scale=scale, enable_gqa=True,
+    )
+    return out.transpose(0, 1)
 
 
 def swaa_attn_varlen_ref(
@@ -71,8 +72,8 @@ def swaa_attn_varlen_ref(
     """Reference SWAA attention over packed sequences; same signature as the kernel.
 
     Computes in fp32 one query chunk at a time (never a T x T matrix) and returns q's dtype.
-    When gradients are needed each chunk is checkpointed, so the backward also stays within
-    one chunk's scores.
+    For long sequences each chunk is checkpointed, so the backward also stays within one
+    chunk's scores.
     """
     check_varlen_args(
         q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
@@ -92,7 +93,7 @@ def swaa_attn_varlen_ref(
             c1 = min(c0 + QUERY_CHUNK, q1)
             q_pos = torch.arange(c0 - q0, c1 - q0, device=q.device) + offset
             args = (q[c0:c1], k[k0:k1], v[k0:k1], q_pos, k_pos, scale, window, keep_first, limits[b])
-            if needs_grad:
+            if needs_grad and k1 - k0 > CHECKPOINT_ABOVE:
                 pieces.append(checkpoint(_attend_chunk, *args, use_reentrant=False))
             else:
                 pieces.append(_attend_chunk(*args))
