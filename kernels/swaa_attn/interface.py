@@ -1,13 +1,22 @@
 """Public entry point: picks the Triton kernel or the reference.
 
-Placeholder until the Triton kernel lands: every call goes to the reference.
+The Triton kernel runs on CUDA tensors, and on CPU tensors when TRITON_INTERPRET=1 (tests);
+everything else goes to the PyTorch reference. The kernel module is imported on first use:
+Triton reads TRITON_INTERPRET when the kernels are defined, and CPU-only callers never pay
+for importing Triton.
 """
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 from .naive import swaa_attn_varlen_ref
+
+
+def _use_triton(q: torch.Tensor) -> bool:
+    return q.is_cuda or os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 def swaa_attn_varlen_func(
@@ -24,7 +33,15 @@ def swaa_attn_varlen_func(
     full_from: torch.Tensor | None = None,
     softmax_scale: float | None = None,
 ) -> torch.Tensor:
-    return swaa_attn_varlen_ref(
-        q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
-        window=window, keep_first=keep_first, full_from=full_from, softmax_scale=softmax_scale,
-    )
+    """Attention under the SWAA mask over packed sequences (semantics: naive.swaa_attn_varlen_ref).
+
+    q: (total_q, Hq, D); k, v: (total_k, Hkv, D) with Hq % Hkv == 0; cu_seqlens_*: int32
+    (batch + 1,); full_from: int (batch,) or None. Returns (total_q, Hq, D), differentiable
+    in q, k and v.
+    """
+    kwargs = dict(window=window, keep_first=keep_first, full_from=full_from, softmax_scale=softmax_scale)
+    if _use_triton(q):
+        from .ops import swaa_attn_varlen_triton
+
+        return swaa_attn_varlen_triton(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, **kwargs)
+    return swaa_attn_varlen_ref(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, **kwargs)

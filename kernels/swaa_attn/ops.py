@@ -1,0 +1,550 @@
+"""Triton varlen FlashAttention (forward and backward) under the SWAA mask.
+
+Layout and semantics are those of `naive.swaa_attn_varlen_ref` (the specification).
+Scheme (FlashAttention-2):
+- forward: one program per (query head, query tile); online softmax in fp32 on base-2
+  exponentials of log2(e)-scaled scores; saves the log-sum-exp (base 2) per row;
+- backward: a preprocess kernel computes delta = rowsum(out * dout); a dK/dV kernel runs one
+  program per (kv head, key tile) and loops over the query heads of its GQA group and the
+  query tiles that can see the key tile; a dQ kernel runs one program per (query head,
+  query tile) and loops over the key tiles the tile can see.
+Tile skipping: a query tile visits the sink tiles, the window band and, once it reaches the
+FA-decode region, every earlier tile; a key tile visits the query tiles of its window band,
+all later query tiles if it holds a sink key, and the FA-decode query tiles. Each of those
+visits is split into tiles that the mask cuts (element masks applied) and tiles that are
+fully visible (no mask). The programs of each sequence's tiles are found through a small
+tile -> (sequence, tile index) table built on the device, so packs of uneven documents
+launch no empty programs beyond one per sequence.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+from .checks import check_head_dim, check_varlen_args, check_varlen_shapes
+
+# Stand-in for "no limit" (window None, full_from None); positions stay far below it.
+UNBOUNDED = 1 << 30
+LOG2E = 1.4426950408889634
+
+
+# ----------------------------------------------------------------------------------------
+# Tile ranges
+# ----------------------------------------------------------------------------------------
+# Only Triton builtins below, none of triton.language's own @jit helpers (tl.cdiv, tl.max,
+# tl.sum, tl.zeros): those are bound to interpreter mode when triton is first imported, and
+# the tests switch the interpreter on after other test modules have imported triton.
+# Reductions go through tl.reduce with triton's own combine functions, which is what tl.max /
+# tl.sum compile to, and which the interpreter recognises and runs in numpy.
+_MAX = tl.standard._elementwise_max
+_ADD = tl.standard._sum_combine
+
+
+@triton.jit
+def _cdiv(a, b):
+    return (a + b - 1) // b
+
+
+@triton.jit
+def _key_ranges(i0, i1, klen, window, keep_first, full_from, BLOCK_N: tl.constexpr):
+    """Key tiles seen by query rows i0..i1 (absolute positions, i1 the last valid row).
+
+    Returns (s_full, ns, nb0, f_lo, f_hi, nb1): sink tiles [0, ns) of which [0, s_full) are
+    fully visible; band tiles [nb0, nb1) of which [f_lo, f_hi) are fully visible.
+    """
+    decode_any = i1 >= full_from
+    decode_all = i0 >= full_from
+    band_lo = tl.where(decode_any, 0, tl.maximum(i0 - window + 1, 0))
+    band_hi = tl.minimum(i1 + 1, klen)
+    nb0 = band_lo // BLOCK_N
+    nb1 = _cdiv(band_hi, BLOCK_N)
+    ns = tl.minimum(_cdiv(tl.minimum(keep_first, band_lo), BLOCK_N), nb0)
+    s_full = tl.minimum(keep_first // BLOCK_N, ns)
+    # A band tile is fully visible when every row is causally past its last key and either
+    # all rows are in the FA-decode region or its first key is inside every row's window.
+    win_full = tl.where(decode_all, 0, _cdiv(tl.maximum(i1 - window + 1, 0), BLOCK_N))
+    f_lo = tl.minimum(tl.maximum(win_full, nb0), nb1)
+    f_hi = tl.minimum(tl.maximum((i0 + 1) // BLOCK_N, f_lo), nb1)
+    return s_full, ns, nb0, f_lo, f_hi, nb1
+
+
+@triton.jit
+def _query_ranges(j0, qlen, offset, window, keep_first, full_from,
+                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Query tiles (indices within the sequence) that see keys j0..j0+BLOCK_N-1.
+
+    Returns (a0, cf, wf, mb_hi, d0, dm_hi, g): masked tiles [a0, cf), [wf, mb_hi), [d0, dm_hi);
+    fully visible tiles [cf, wf) and [g, nq).
+    """
+    j1 = j0 + BLOCK_N - 1
+    nq = _cdiv(qlen, BLOCK_M)
+    a0 = tl.minimum(tl.maximum(j0 - offset, 0) // BLOCK_M, nq)
+    # Rows that reach the tile through the window (all later rows when it holds a sink key).
+    a1 = tl.where(j0 < keep_first, nq, _cdiv(tl.maximum(j1 + window - offset, 0), BLOCK_M))
+    a1 = tl.minimum(tl.maximum(a1, a0), nq)
+    cf = tl.minimum(tl.maximum(_cdiv(tl.maximum(j1 - offset, 0), BLOCK_M), a0), nq)
+    wf = tl.where(j1 < keep_first, nq, tl.maximum(j0 + window - offset, 0) // BLOCK_M)
+    wf = tl.minimum(tl.maximum(wf, cf), a1)
+    # FA-decode rows: [d0, nq) see the tile, [g, nq) see all of it.
+    d0 = tl.minimum(tl.maximum(tl.maximum(full_from - offset, 0) // BLOCK_M, a1), nq)
+    g = tl.minimum(tl.maximum(_cdiv(tl.maximum(full_from - offset, 0), BLOCK_M), cf), nq)
+    mb_hi = tl.maximum(wf, tl.minimum(a1, g))
+    dm_hi = tl.maximum(d0, g)
+    g = tl.maximum(g, wf)
+    return a0, cf, wf, mb_hi, d0, dm_hi, g
+
+
+# ----------------------------------------------------------------------------------------
+# Forward
+# ----------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _fwd_tiles(acc, l_i, m_i, q, K, V, stride_kt, stride_vt, offs_i, offs_n, offs_d,
+               s1, c1, s2, c2, s3, c3, klen, window, keep_first, full_from, qk_scale,
+               MASKED: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+               BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    for t in range(0, c1 + c2 + c3):
+        # Step t walks [s1, s1+c1), then [s2, s2+c2), then [s3, s3+c3). (Loop bodies call no
+        # helpers: each call costs the Triton interpreter a module patch.)
+        start_n = tl.where(t < c1, s1 + t, tl.where(t < c1 + c2, s2 + t - c1, s3 + t - c1 - c2)) * BLOCK_N
+        cols = start_n + offs_n
+        if MASKED:
+            kv_mask = (cols[:, None] < klen) & (offs_d[None, :] < HEAD_DIM)
+            kv_other = 0.0
+        elif BLOCK_D != HEAD_DIM:  # fully visible tiles end at the diagonal: only D is bounded
+            kv_mask = offs_d[None, :] < HEAD_DIM
+            kv_other = 0.0
+        else:
+            kv_mask = None
+            kv_other = None
+        k = tl.load(K + cols[:, None] * stride_kt + offs_d[None, :], mask=kv_mask, other=kv_other)
+        qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
+        if MASKED:
+            ii = offs_i[:, None]
+            jj = cols[None, :]
+            # The SWAA mask (naive.visible) plus the sequence's key bound.
+            vis = (jj <= ii) & (jj < klen) & (((ii - jj) < window) | (jj < keep_first) | (ii >= full_from))
+            qk = tl.where(vis, qk, float("-inf"))
+        m_new = tl.maximum(m_i, tl.reduce(qk, 1, _MAX))
+        p = tl.math.exp2(qk - m_new[:, None])
+        alpha = tl.math.exp2(m_i - m_new)
+        l_i = l_i * alpha + tl.reduce(p, 1, _ADD)
+        v = tl.load(V + cols[:, None] * stride_vt + offs_d[None, :], mask=kv_mask, other=kv_other)
+        acc = acc * alpha[:, None]
+        acc = tl.dot(p.to(v.dtype), v, acc, input_precision=DOT_PRECISION)
+        m_i = m_new
+    return acc, l_i, m_i
+
+
+@triton.jit
+def _fwd_kernel(Q, K, V, Out, Lse, CuQ, CuK, FullFrom, TileSeq, TileIdx,
+                stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh,
+                stride_ot, stride_oh, total_q, n_tiles, qk_scale, window, keep_first,
+                GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    head = tl.program_id(0)
+    slot = n_tiles - 1 - tl.program_id(1)  # last tiles see the most keys: start them first
+    seq = tl.load(TileSeq + slot)
+    if seq < 0:
+        return
+    tile = tl.load(TileIdx + slot)
+    q0 = tl.load(CuQ + seq)
+    qlen = tl.load(CuQ + seq + 1) - q0
+    k0 = tl.load(CuK + seq)
+    klen = tl.load(CuK + seq + 1) - k0
+    full_from = tl.load(FullFrom + seq)
+    offset = klen - qlen  # bottom-right alignment
+
+    offs_r = tile * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_i = offs_r + offset
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    i0 = tile * BLOCK_M + offset
+    i1 = tl.minimum((tile + 1) * BLOCK_M, qlen) - 1 + offset
+
+    row_ok = offs_r < qlen
+    io_mask = row_ok[:, None] & (offs_d[None, :] < HEAD_DIM)
+    q_rows = (q0 + offs_r).to(tl.int64)
+    q = tl.load(Q + q_rows[:, None] * stride_qt + head * stride_qh + offs_d[None, :], mask=io_mask, other=0.0)
+    kv_head = head // GROUP
+    K = K + k0.to(tl.int64) * stride_kt + kv_head * stride_kh
+    V = V + k0.to(tl.int64) * stride_vt + kv_head * stride_vh
+
+    s_full, ns, nb0, f_lo, f_hi, nb1 = _key_ranges(i0, i1, klen, window, keep_first, full_from, BLOCK_N)
+    # A finite floor keeps exp2(m_old - m_new) at 1, not NaN, while a row has seen only masked keys.
+    m_i = tl.full([BLOCK_M], -1.0e30, dtype=tl.float32)
+    l_i = tl.full([BLOCK_M], 0.0, dtype=tl.float32)
+    acc = tl.full([BLOCK_M, BLOCK_D], 0.0, dtype=tl.float32)
+    acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, K, V, stride_kt, stride_vt, offs_i, offs_n, offs_d,
+                               0, s_full, f_lo, f_hi - f_lo, 0, 0, klen, window, keep_first, full_from,
+                               qk_scale, False, HEAD_DIM, BLOCK_D, BLOCK_N, DOT_PRECISION)
+    acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, K, V, stride_kt, stride_vt, offs_i, offs_n, offs_d,
+                               s_full, ns - s_full, nb0, f_lo - nb0, f_hi, nb1 - f_hi, klen, window,
+                               keep_first, full_from, qk_scale, True, HEAD_DIM, BLOCK_D, BLOCK_N,
+                               DOT_PRECISION)
+    l_i = tl.where(l_i > 0.0, l_i, 1.0)
+    acc = acc / l_i[:, None]
+    tl.store(Out + q_rows[:, None] * stride_ot + head * stride_oh + offs_d[None, :],
+             acc.to(Out.dtype.element_ty), mask=io_mask)
+    tl.store(Lse + head.to(tl.int64) * total_q + q0 + offs_r, m_i + tl.math.log2(l_i), mask=row_ok)
+
+
+# ----------------------------------------------------------------------------------------
+# Backward
+# ----------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _bwd_delta_kernel(Out, DOut, Delta, stride_ot, stride_oh, stride_dt, stride_dh, total_q,
+                      HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr):
+    head = tl.program_id(0)
+    rows = tl.program_id(1) * BLOCK_T + tl.arange(0, BLOCK_T)
+    offs_d = tl.arange(0, BLOCK_D)
+    mask = (rows[:, None] < total_q) & (offs_d[None, :] < HEAD_DIM)
+    rows64 = rows.to(tl.int64)
+    o = tl.load(Out + rows64[:, None] * stride_ot + head * stride_oh + offs_d[None, :], mask=mask, other=0.0)
+    do = tl.load(DOut + rows64[:, None] * stride_dt + head * stride_dh + offs_d[None, :], mask=mask, other=0.0)
+    delta = tl.reduce(o.to(tl.float32) * do.to(tl.float32), 1, _ADD)
+    tl.store(Delta + head.to(tl.int64) * total_q + rows, delta, mask=rows < total_q)
+
+
+@triton.jit
+def _dkdv_tiles(dk, dv, k, v, Q, DO, Lse, Delta, stride_qt, stride_dot, offs_j, offs_m, offs_d,
+                s1, c1, s2, c2, s3, c3, qlen, offset, klen, window, keep_first, full_from, qk_scale,
+                MASKED: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr,
+                DOT_PRECISION: tl.constexpr):
+    d_ok = offs_d < HEAD_DIM
+    for t in range(0, c1 + c2 + c3):
+        # Step t walks [s1, s1+c1), then [s2, s2+c2), then [s3, s3+c3).
+        rows = tl.where(t < c1, s1 + t, tl.where(t < c1 + c2, s2 + t - c1, s3 + t - c1 - c2)) * BLOCK_M + offs_m
+        row_ok = rows < qlen
+        q = tl.load(Q + rows[:, None] * stride_qt + offs_d[None, :], mask=row_ok[:, None] & d_ok[None, :], other=0.0)
+        # Rows past the sequence get lse = +inf, so their probabilities are exactly 0.
+        lse = tl.load(Lse + rows, mask=row_ok, other=float("inf"))
+        qkT = tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION)
+        pT = tl.math.exp2(qkT * qk_scale - lse[None, :])
+        if MASKED:
+            ii = rows[None, :] + offset
+            jj = offs_j[:, None]
+            # The SWAA mask (naive.visible) plus the sequence's key bound.
+            vis = (jj <= ii) & (jj < klen) & (((ii - jj) < window) | (jj < keep_first) | (ii >= full_from))
+            pT = tl.where(vis, pT, 0.0)
+        do = tl.load(DO + rows[:, None] * stride_dot + offs_d[None, :], mask=row_ok[:, None] & d_ok[None, :], other=0.0)
+        dv = tl.dot(pT.to(do.dtype), do, dv, input_precision=DOT_PRECISION)
+        delta = tl.load(Delta + rows, mask=row_ok, other=0.0)
+        dpT = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)
+        dsT = pT * (dpT - delta[None, :])
+        dk = tl.dot(dsT.to(q.dtype), q, dk, input_precision=DOT_PRECISION)
+    return dk, dv
+
+
+@triton.jit
+def _bwd_dkdv_kernel(Q, K, V, DO, DK, DV, Lse, Delta, CuQ, CuK, FullFrom, TileSeq, TileIdx,
+                     stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh,
+                     stride_dot, stride_doh, stride_dkt, stride_dkh, stride_dvt, stride_dvh,
+                     total_q, sm_scale, qk_scale, window, keep_first,
+                     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    kv_head = tl.program_id(0)
+    slot = tl.program_id(1)  # first tiles hold the sinks, seen by every later query: start them first
+    seq = tl.load(TileSeq + slot)
+    if seq < 0:
+        return
+    tile = tl.load(TileIdx + slot)
+    q0 = tl.load(CuQ + seq)
+    qlen = tl.load(CuQ + seq + 1) - q0
+    k0 = tl.load(CuK + seq)
+    klen = tl.load(CuK + seq + 1) - k0
+    full_from = tl.load(FullFrom + seq)
+    offset = klen - qlen
+
+    j0 = tile * BLOCK_N
+    offs_j = j0 + tl.arange(0, BLOCK_N)
+    offs_m = tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    kv_mask = (offs_j[:, None] < klen) & (offs_d[None, :] < HEAD_DIM)
+    k_rows = (k0 + offs_j).to(tl.int64)
+    k = tl.load(K + k_rows[:, None] * stride_kt + kv_head * stride_kh + offs_d[None, :], mask=kv_mask, other=0.0)
+    v = tl.load(V + k_rows[:, None] * stride_vt + kv_head * stride_vh + offs_d[None, :], mask=kv_mask, other=0.0)
+
+    a0, cf, wf, mb_hi, d0, dm_hi, g = _query_ranges(j0, qlen, offset, window, keep_first, full_from,
+                                                    BLOCK_M, BLOCK_N)
+    nq = _cdiv(qlen, BLOCK_M)
+    dk = tl.full([BLOCK_N, BLOCK_D], 0.0, dtype=tl.float32)
+    dv = tl.full([BLOCK_N, BLOCK_D], 0.0, dtype=tl.float32)
+    for h in range(GROUP):
+        head = kv_head * GROUP + h
+        Qh = Q + q0.to(tl.int64) * stride_qt + head * stride_qh
+        DOh = DO + q0.to(tl.int64) * stride_dot + head * stride_doh
+        Lseh = Lse + head.to(tl.int64) * total_q + q0
+        Deltah = Delta + head.to(tl.int64) * total_q + q0
+        dk, dv = _dkdv_tiles(dk, dv, k, v, Qh, DOh, Lseh, Deltah, stride_qt, stride_dot, offs_j, offs_m,
+                             offs_d, cf, wf - cf, g, nq - g, 0, 0, qlen, offset, klen, window, keep_first,
+                             full_from, qk_scale, False, HEAD_DIM, BLOCK_M, DOT_PRECISION)
+        dk, dv = _dkdv_tiles(dk, dv, k, v, Qh, DOh, Lseh, Deltah, stride_qt, stride_dot, offs_j, offs_m,
+                             offs_d, a0, cf - a0, wf, mb_hi - wf, d0, dm_hi - d0, qlen, offset, klen,
+                             window, keep_first, full_from, qk_scale, True, HEAD_DIM, BLOCK_M, DOT_PRECISION)
+    tl.store(DK + k_rows[:, None] * stride_dkt + kv_head * stride_dkh + offs_d[None, :],
+             (dk * sm_scale).to(DK.dtype.element_ty), mask=kv_mask)
+    tl.store(DV + k_rows[:, None] * stride_dvt + kv_head * stride_dvh + offs_d[None, :],
+             dv.to(DV.dtype.element_ty), mask=kv_mask)
+
+
+@triton.jit
+def _dq_tiles(dq, q, do, lse, delta, K, V, stride_kt, stride_vt, offs_i, offs_n, offs_d,
+              s1, c1, s2, c2, s3, c3, klen, window, keep_first, full_from, qk_scale,
+              MASKED: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+              BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    for t in range(0, c1 + c2 + c3):
+        # Step t walks [s1, s1+c1), then [s2, s2+c2), then [s3, s3+c3). (Loop bodies call no
+        # helpers: each call costs the Triton interpreter a module patch.)
+        start_n = tl.where(t < c1, s1 + t, tl.where(t < c1 + c2, s2 + t - c1, s3 + t - c1 - c2)) * BLOCK_N
+        cols = start_n + offs_n
+        if MASKED:
+            kv_mask = (cols[:, None] < klen) & (offs_d[None, :] < HEAD_DIM)
+            kv_other = 0.0
+        elif BLOCK_D != HEAD_DIM:  # fully visible tiles end at the diagonal: only D is bounded
+            kv_mask = offs_d[None, :] < HEAD_DIM
+            kv_other = 0.0
+        else:
+            kv_mask = None
+            kv_other = None
+        k = tl.load(K + cols[:, None] * stride_kt + offs_d[None, :], mask=kv_mask, other=kv_other)
+        v = tl.load(V + cols[:, None] * stride_vt + offs_d[None, :], mask=kv_mask, other=kv_other)
+        qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
+        p = tl.math.exp2(qk * qk_scale - lse[:, None])
+        if MASKED:
+            ii = offs_i[:, None]
+            jj = cols[None, :]
+            # The SWAA mask (naive.visible) plus the sequence's key bound.
+            vis = (jj <= ii) & (jj < klen) & (((ii - jj) < window) | (jj < keep_first) | (ii >= full_from))
+            p = tl.where(vis, p, 0.0)
+        dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
+        ds = p * (dp - delta[:, None])
+        dq = tl.dot(ds.to(k.dtype), k, dq, input_precision=DOT_PRECISION)
+    return dq
+
+
+@triton.jit
+def _bwd_dq_kernel(Q, K, V, DO, DQ, Lse, Delta, CuQ, CuK, FullFrom, TileSeq, TileIdx,
+                   stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh,
+                   stride_dot, stride_doh, stride_dqt, stride_dqh,
+                   total_q, n_tiles, sm_scale, qk_scale, window, keep_first,
+                   GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    head = tl.program_id(0)
+    slot = n_tiles - 1 - tl.program_id(1)
+    seq = tl.load(TileSeq + slot)
+    if seq < 0:
+        return
+    tile = tl.load(TileIdx + slot)
+    q0 = tl.load(CuQ + seq)
+    qlen = tl.load(CuQ + seq + 1) - q0
+    k0 = tl.load(CuK + seq)
+    klen = tl.load(CuK + seq + 1) - k0
+    full_from = tl.load(FullFrom + seq)
+    offset = klen - qlen
+
+    offs_r = tile * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_i = offs_r + offset
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    i0 = tile * BLOCK_M + offset
+    i1 = tl.minimum((tile + 1) * BLOCK_M, qlen) - 1 + offset
+    row_ok = offs_r < qlen
+    io_mask = row_ok[:, None] & (offs_d[None, :] < HEAD_DIM)
+    q_rows = (q0 + offs_r).to(tl.int64)
+    q = tl.load(Q + q_rows[:, None] * stride_qt + head * stride_qh + offs_d[None, :], mask=io_mask, other=0.0)
+    do = tl.load(DO + q_rows[:, None] * stride_dot + head * stride_doh + offs_d[None, :], mask=io_mask, other=0.0)
+    lse = tl.load(Lse + head.to(tl.int64) * total_q + q0 + offs_r, mask=row_ok, other=float("inf"))
+    delta = tl.load(Delta + head.to(tl.int64) * total_q + q0 + offs_r, mask=row_ok, other=0.0)
+    kv_head = head // GROUP
+    K = K + k0.to(tl.int64) * stride_kt + kv_head * stride_kh
+    V = V + k0.to(tl.int64) * stride_vt + kv_head * stride_vh
+
+    s_full, ns, nb0, f_lo, f_hi, nb1 = _key_ranges(i0, i1, klen, window, keep_first, full_from, BLOCK_N)
+    dq = tl.full([BLOCK_M, BLOCK_D], 0.0, dtype=tl.float32)
+    dq = _dq_tiles(dq, q, do, lse, delta, K, V, stride_kt, stride_vt, offs_i, offs_n, offs_d,
+                   0, s_full, f_lo, f_hi - f_lo, 0, 0, klen, window, keep_first, full_from, qk_scale,
+                   False, HEAD_DIM, BLOCK_D, BLOCK_N, DOT_PRECISION)
+    dq = _dq_tiles(dq, q, do, lse, delta, K, V, stride_kt, stride_vt, offs_i, offs_n, offs_d,
+                   s_full, ns - s_full, nb0, f_lo - nb0, f_hi, nb1 - f_hi, klen, window, keep_first,
+                   full_from, qk_scale, True, HEAD_DIM, BLOCK_D, BLOCK_N, DOT_PRECISION)
+    tl.store(DQ + q_rows[:, None] * stride_dqt + head * stride_dqh + offs_d[None, :],
+             (dq * sm_scale).to(DQ.dtype.element_ty), mask=io_mask)
+
+
+# ----------------------------------------------------------------------------------------
+# Launch wrappers
+# ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class KernelConfig:
+    """Tile shapes and launch settings; *_M tiles run over queries, *_N over keys."""
+
+    block_m: int = 128
+    block_n: int = 64
+    fwd_warps: int = 8
+    fwd_stages: int = 3
+    block_m1: int = 64  # dK/dV kernel: query tile
+    block_n1: int = 128  # dK/dV kernel: key tile
+    block_m2: int = 128  # dQ kernel: query tile
+    block_n2: int = 64  # dQ kernel: key tile
+    bwd_warps: int = 8
+    bwd_stages: int = 3
+
+
+# Tuned on an H100 (see BENCHMARKS.md); keyed on the padded head dim.
+GPU_CONFIGS = {
+    64: KernelConfig(block_m=128, block_n=64, fwd_warps=4, fwd_stages=3,
+                     block_m1=64, block_n1=128, block_m2=128, block_n2=64, bwd_warps=4, bwd_stages=3),
+    128: KernelConfig(),
+    256: KernelConfig(block_m=64, block_n=64, fwd_warps=4, fwd_stages=2,
+                      block_m1=32, block_n1=64, block_m2=64, block_n2=32, bwd_warps=4, bwd_stages=2),
+}
+# Small tiles under the interpreter: short test sequences still span many tiles.
+INTERPRETER_CONFIG = KernelConfig(block_m=32, block_n=32, block_m1=32, block_n1=64, block_m2=64, block_n2=32)
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def select_config(block_d: int) -> KernelConfig:
+    if _interpreting():
+        return INTERPRETER_CONFIG
+    return GPU_CONFIGS[max(64, block_d)]
+
+
+def _tile_table(cu_seqlens: torch.Tensor, block: int, total: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sequence, tile index) of each tile of the pack, padded with sequence -1; no host sync."""
+    batch = cu_seqlens.numel() - 1
+    lens = (cu_seqlens[1:] - cu_seqlens[:-1]).long()
+    tiles = (lens + block - 1) // block
+    ends = torch.cumsum(tiles, 0)
+    slots = torch.arange(total // block + batch, device=cu_seqlens.device)
+    seq = torch.searchsorted(ends, slots, right=True)
+    valid = seq < batch
+    seq = seq.clamp(max=max(batch - 1, 0))
+    tile = slots - (ends - tiles)[seq]
+    return torch.where(valid, seq, -1).int(), tile.int()
+
+
+def _dot_precision(dtype: torch.dtype) -> str | None:
+    # fp32 inputs are for tests: exact products, not tf32. 16-bit inputs take the default.
+    return "ieee" if dtype == torch.float32 else None
+
+
+def _launch_fwd(q, k, v, cu_q, cu_k, full_from, window, keep_first, scale, cfg):
+    total_q, hq, head_dim = q.shape
+    block_d = max(16, triton.next_power_of_2(head_dim))
+    out = torch.empty_like(q)
+    lse = torch.empty((hq, total_q), device=q.device, dtype=torch.float32)
+    seq, tile = _tile_table(cu_q, cfg.block_m, total_q)
+    grid = (hq, seq.numel())
+    _fwd_kernel[grid](
+        q, k, v, out, lse, cu_q, cu_k, full_from, seq, tile,
+        q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
+        out.stride(0), out.stride(1), total_q, seq.numel(), scale * LOG2E, window, keep_first,
+        GROUP=hq // k.shape[1], HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_M=cfg.block_m,
+        BLOCK_N=cfg.block_n, DOT_PRECISION=_dot_precision(q.dtype),
+        num_warps=cfg.fwd_warps, num_stages=cfg.fwd_stages,
+    )
+    return out, lse
+
+
+def _launch_bwd(do, q, k, v, out, lse, cu_q, cu_k, full_from, window, keep_first, scale, cfg):
+    total_q, hq, head_dim = q.shape
+    total_k, hkv, _ = k.shape
+    block_d = max(16, triton.next_power_of_2(head_dim))
+    precision = _dot_precision(q.dtype)
+    delta = torch.empty_like(lse)
+    block_t = 64
+    _bwd_delta_kernel[(hq, triton.cdiv(total_q, block_t))](
+        out, do, delta, out.stride(0), out.stride(1), do.stride(0), do.stride(1), total_q,
+        HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_T=block_t,
+    )
+    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    seq_k, tile_k = _tile_table(cu_k, cfg.block_n1, total_k)
+    _bwd_dkdv_kernel[(hkv, seq_k.numel())](
+        q, k, v, do, dk, dv, lse, delta, cu_q, cu_k, full_from, seq_k, tile_k,
+        q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
+        do.stride(0), do.stride(1), dk.stride(0), dk.stride(1), dv.stride(0), dv.stride(1),
+        total_q, scale, scale * LOG2E, window, keep_first,
+        GROUP=hq // hkv, HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_M=cfg.block_m1, BLOCK_N=cfg.block_n1,
+        DOT_PRECISION=precision, num_warps=cfg.bwd_warps, num_stages=cfg.bwd_stages,
+    )
+    seq_q, tile_q = _tile_table(cu_q, cfg.block_m2, total_q)
+    _bwd_dq_kernel[(hq, seq_q.numel())](
+        q, k, v, do, dq, lse, delta, cu_q, cu_k, full_from, seq_q, tile_q,
+        q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
+        do.stride(0), do.stride(1), dq.stride(0), dq.stride(1),
+        total_q, seq_q.numel(), scale, scale * LOG2E, window, keep_first,
+        GROUP=hq // hkv, HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_M=cfg.block_m2, BLOCK_N=cfg.block_n2,
+        DOT_PRECISION=precision, num_warps=cfg.bwd_warps, num_stages=cfg.bwd_stages,
+    )
+    return dq, dk, dv
+
+
+# ----------------------------------------------------------------------------------------
+# autograd.Function and public function
+# ----------------------------------------------------------------------------------------
+
+
+class SWAAAttnFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, cu_q, cu_k, full_from, window, keep_first, scale, cfg):
+        out, lse = _launch_fwd(q, k, v, cu_q, cu_k, full_from, window, keep_first, scale, cfg)
+        ctx.save_for_backward(q, k, v, out, lse, cu_q, cu_k, full_from)
+        ctx.settings = (window, keep_first, scale, cfg)
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        q, k, v, out, lse, cu_q, cu_k, full_from = ctx.saved_tensors
+        if dout.stride(-1) != 1:
+            dout = dout.contiguous()
+        dq, dk, dv = _launch_bwd(dout, q, k, v, out, lse, cu_q, cu_k, full_from, *ctx.settings)
+        return dq, dk, dv, None, None, None, None, None, None, None
+
+
+def _value_checks_enabled() -> bool:
+    """Value checks read cu_seqlens on the host (a device sync): on by default, off inside
+    torch.compile / CUDA graph capture, and off where SWAA_ATTN_VALUE_CHECKS=0."""
+    if os.environ.get("SWAA_ATTN_VALUE_CHECKS", "1") == "0":
+        return False
+    if torch.compiler.is_compiling():
+        return False
+    return not (torch.cuda.is_available() and torch.cuda.is_current_stream_capturing())
+
+
+def swaa_attn_varlen_triton(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, *,
+                            window=None, keep_first=0, full_from=None, softmax_scale=None,
+                            config: KernelConfig | None = None):
+    """The Triton kernel behind `swaa_attn_varlen_func` (same semantics); `config` overrides tiles."""
+    kwargs = dict(window=window, keep_first=keep_first, full_from=full_from)
+    if not q.is_cuda or _value_checks_enabled():
+        check_varlen_args(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, **kwargs)
+    else:
+        check_varlen_shapes(q, k, v, cu_seqlens_q, cu_seqlens_k, **kwargs)
+    check_head_dim(q.shape[-1])
+    q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
+    batch = cu_seqlens_q.numel() - 1
+    if full_from is None:
+        full_from = torch.full((batch,), UNBOUNDED, dtype=torch.int32, device=q.device)
+    else:
+        full_from = full_from.to(device=q.device).clamp(0, UNBOUNDED).to(torch.int32).contiguous()
+    window = UNBOUNDED if window is None else min(window, UNBOUNDED)
+    keep_first = min(keep_first, UNBOUNDED)
+    scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(q.shape[-1])
+    cfg = config or select_config(max(16, triton.next_power_of_2(q.shape[-1])))
+    return SWAAAttnFunction.apply(q, k, v, cu_seqlens_q.contiguous(), cu_seqlens_k.contiguous(),
+                                  full_from, window, keep_first, float(scale), cfg)
