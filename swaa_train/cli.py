@@ -24,9 +24,15 @@ def train_main(argv: list[str]) -> None:
         help="override any recipe field, e.g. training.max_steps=20 swaa.keep_first=64",
     )
     args = parser.parse_args(argv)
-    from .run import run_training  # heavy imports only once the arguments are good
+    from .config import load_recipe
 
-    run_training(args.recipe, args.overrides)
+    try:  # a bad recipe is a usage error: one line naming the field, no traceback
+        recipe, raw = load_recipe(args.recipe, args.overrides)
+    except ValueError as err:
+        parser.error(str(err))
+    from .run import run_recipe  # heavy imports only once the recipe is good
+
+    run_recipe(recipe, raw)
 
 
 # ------------------------------------------------------------------------------------------

@@ -61,7 +61,12 @@ def build_trainer(recipe: Recipe, raw: dict | None = None) -> SWAATrainer:
 
 
 def run_training(recipe_name: str, overrides: list[str] | None = None) -> SWAATrainer:
-    recipe, raw = load_recipe(recipe_name, overrides)
+    """Load recipes/NAME.yaml (or a path) with `section.field=value` overrides and train."""
+    return run_recipe(*load_recipe(recipe_name, overrides))
+
+
+def run_recipe(recipe: Recipe, raw: dict | None = None) -> SWAATrainer:
+    """Train, save adapter + swaa_config.json + card, and merge if the recipe asks to."""
     trainer = build_trainer(recipe, raw)
     trainer.train(resume_from_checkpoint=recipe.training.resume_from_checkpoint)
     trainer.save_model(recipe.training.output_dir)
