@@ -26,7 +26,8 @@ logger = logging.get_logger(__name__)
 ARTICLES = re.compile(r"\b(a|an|the)\b")
 CHOICE_LETTERS = "ABCD"
 # "The correct answer is (B)", "Answer: B" -- how LongBench-v2 style responses name a choice.
-CHOICE_PATTERN = re.compile(r"answer(?: is)?\s*[:：]?\s*\(?([A-D])\)?", re.IGNORECASE)
+CHOICE_PATTERN = re.compile(r"(?i:answer)(?: is)?\s*[:：]?\s*\(?([A-D])\b")
+LEADING_CHOICE = re.compile(r"\s*\(?([A-D])[).:\s]")
 
 
 # ------------------------------------------------------------------------------------------
@@ -43,8 +44,8 @@ def _choice(response: str) -> str | None:
     found = CHOICE_PATTERN.search(response)
     if found:
         return found.group(1).upper()
-    stripped = response.strip().lstrip("(")
-    return stripped[0].upper() if stripped[:1].upper() in CHOICE_LETTERS and stripped[1:2] in ("", ")", ".", " ") else None
+    leading = LEADING_CHOICE.match(response + " ")  # "B. ...", "(C) ..."
+    return leading.group(1) if leading else None
 
 
 def is_correct(response: str, answer) -> bool:
@@ -138,8 +139,10 @@ def load_eval_rows(path: str | Path, limit: int | None = None, split: str = "tra
 # ------------------------------------------------------------------------------------------
 # Running
 # ------------------------------------------------------------------------------------------
-def evaluate_setting(model, tokenizer, rows: list[dict], setting: EvalSetting, **generate_kwargs) -> list[dict]:
-    """Per-row records of one setting: the response and whether it is correct."""
+def evaluate_setting(
+    model, tokenizer, rows: list[dict], setting: EvalSetting, **generate_kwargs
+) -> tuple[list[dict], dict | None]:
+    """Per-row records of one setting (the response and whether it is correct) and its KV memory report."""
     from .inference import generate, set_swaa
 
     set_swaa(model, setting.swaa)
@@ -147,33 +150,55 @@ def evaluate_setting(model, tokenizer, rows: list[dict], setting: EvalSetting, *
     if setting.adapter and not peft:
         raise ValueError(f"setting {setting.name!r}: adapter=True but no adapter is loaded")
     with model.disable_adapter() if peft and not setting.adapter else nullcontext():
-        responses = generate(model, tokenizer, [r["prompt"] for r in rows], desc=_label(setting), **generate_kwargs)
-    return [
+        responses, memory = generate(
+            model, tokenizer, [r["prompt"] for r in rows], desc=_label(setting), return_memory=True, **generate_kwargs
+        )
+    records = [
         {"setting": _label(setting), "index": i, "question": row.get("question"), "answer": row["answer"],
          "response": response, "correct": is_correct(response, row["answer"])}
         for i, (row, response) in enumerate(zip(rows, responses))
     ]
+    return records, memory
+
+
+def _is_reference(setting: EvalSetting) -> bool:
+    return setting.swaa.sliding_window_size is None and not setting.adapter
 
 
 def _label(setting: EvalSetting) -> str:
     return setting.name + (" + adapter" if setting.adapter else "")
 
 
-def summarize(setting: EvalSetting, records: list[dict]) -> dict:
+def summarize(setting: EvalSetting, records: list[dict], memory: dict | None, reference: list[dict] | None) -> dict:
+    """Accuracy of one setting; `same_as_reference`: the share of responses identical to those of
+    the reference setting (full attention without adapter), which shows what a setting
+    changes even where accuracy cannot (an untrained demo model)."""
     correct = sum(r["correct"] for r in records)
+    same = [r["response"] == ref["response"] for r, ref in zip(records, reference)] if reference else []
+    full_bytes = memory["full_cache_bytes"] if memory else 0
     return {
         "setting": _label(setting), "adapter": setting.adapter, "swaa": setting.swaa.to_dict(),
         "describe": setting.swaa.describe(), "correct": correct, "total": len(records),
         "accuracy": correct / len(records) if records else 0.0,
+        "same_as_reference": sum(same) / len(same) if same else None,
+        "kv_cache_saved": memory["saved_bytes"] / full_bytes if full_bytes else 0.0,
     }
 
 
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}%"
+
+
 def format_table(summary: list[dict]) -> str:
-    lines = ["| setting | adapter | attention | accuracy | correct |", "| --- | --- | --- | --- | --- |"]
+    lines = [
+        "| setting | adapter | attention | accuracy | correct | same as full attention | KV cache saved |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for row in summary:
         lines.append(
             f"| {row['setting']} | {'yes' if row['adapter'] else 'no'} | {row['describe']} | "
-            f"{100 * row['accuracy']:.1f}% | {row['correct']}/{row['total']} |"
+            f"{_percent(row['accuracy'])} | {row['correct']}/{row['total']} | "
+            f"{_percent(row['same_as_reference'])} | {_percent(row['kv_cache_saved'])} |"
         )
     return "\n".join(lines)
 
@@ -193,14 +218,17 @@ def run_evaluation(
         settings = default_settings(swaa_of(loaded), num_layers, has_adapter=hasattr(loaded, "disable_adapter"))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    summary = []
+    summary, reference = [], None
     with open(out / "samples.jsonl", "w") as samples:
-        for setting in settings:
-            records = evaluate_setting(
+        for setting in sorted(settings, key=lambda s: not _is_reference(s)):  # the reference runs first
+            records, memory = evaluate_setting(
                 loaded, tokenizer, rows, setting, max_new_tokens=max_new_tokens, batch_size=batch_size, progress=True
             )
+            if reference is None and _is_reference(setting):
+                reference = records
             samples.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
-            summary.append(summarize(setting, records))
+            samples.flush()
+            summary.append(summarize(setting, records, memory, reference))
             logger.info("%s: accuracy %.1f%%", summary[-1]["setting"], 100 * summary[-1]["accuracy"])
     (out / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
     (out / "results.md").write_text(format_table(summary) + "\n")

@@ -257,9 +257,13 @@ def format_prompt(tokenizer: PreTrainedTokenizerBase, text: str, system_prompt: 
 
 def generate(
     model, tokenizer: PreTrainedTokenizerBase, prompts: list[str], max_new_tokens: int = 64, batch_size: int = 8,
-    chat: bool = True, use_cache: bool = True, progress: bool = False, desc: str = "generate", **generate_kwargs,
-) -> list[str]:
-    """Responses to `prompts` (batched, shortest first to waste little on padding), in input order."""
+    chat: bool = True, use_cache: bool = True, progress: bool = False, desc: str = "generate",
+    return_memory: bool = False, **generate_kwargs,
+) -> list[str] | tuple[list[str], dict | None]:
+    """Responses to `prompts` (batched, shortest first to waste little on padding), in input order.
+
+    With `return_memory`, also the KV-cache memory report of the batch with the largest cache.
+    """
     from tqdm.auto import tqdm
 
     texts = [format_prompt(tokenizer, p) if chat else p for p in prompts]
@@ -283,4 +287,4 @@ def generate(
             largest = result.memory
     if largest and largest["sliding_cache_layers"]:
         logger.info("%s: largest batch: %s", desc, describe_memory(largest))
-    return responses
+    return (responses, largest) if return_memory else responses

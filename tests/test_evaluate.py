@@ -23,6 +23,8 @@ from swaa_train.synthetic import make_longqa_rows, write_parquet
         ("The correct answer is (B).", "B", True),
         ("(C) since the text says so", "B", False),
         ("B. The second one", "B", True),
+        ("Answer: D", "D", True),
+        ("The answer is a dog.", "A", False),  # choice letters are upper case
         ("founded in 1642", ["1624", "1642"], True),
         ("", "4821", False),
     ],
@@ -70,6 +72,14 @@ def test_eval_end_to_end_writes_table_samples_and_accuracy(demo, tmp_path, capfd
         assert [s["answer"] for s in mine] == [r["answer"] for r in rows[:2]]
         assert all(s["correct"] == is_correct(s["response"], s["answer"]) for s in mine)
         assert row["correct"] == sum(s["correct"] for s in mine) and row["total"] == 2
+    reference = [s["response"] for s in samples if s["setting"] == "full attention"]
+    for row in summary:
+        mine = [s["response"] for s in samples if s["setting"] == row["setting"]]
+        assert row["same_as_reference"] == sum(a == b for a, b in zip(mine, reference)) / 2
+    saved = {row["setting"]: row["kv_cache_saved"] for row in summary}
+    # Only layers that never look past window + sinks (no FA decode) drop keys.
+    assert saved["naive SWA"] > saved["SWA + sinks"] > 0
+    assert saved["full attention"] == saved["SWA + sinks + FA decode"] == 0
     table = capfd.readouterr().out
     assert table == (out / "results.md").read_text()
     assert "| SWA + sinks + FA decode + interleaving + adapter | yes |" in table
