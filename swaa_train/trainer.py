@@ -9,6 +9,11 @@ What SFTTrainer already does and this relies on: padding-free packing (`packing=
 `packing_strategy="bfd"`: cu_seq_lens per document), PEFT wrapping from `peft_config`,
 gradient checkpointing, and a fused LM head that projects only the hidden states at
 supervised positions (the full-vocabulary logits of a long prompt are never built).
+
+Distributed training is accelerate's, DeepSpeed's and transformers' (recipes/accelerate/).
+Under DeepSpeed Ulysses sequence parallelism each rank gets a slice of every packed row,
+while the attention sees the whole row for a subset of heads; the per-document fields
+(`PER_DOCUMENT_KEYS`) must then reach every rank whole, see `FullFromCollator`.
 """
 
 from __future__ import annotations
@@ -20,9 +25,12 @@ import yaml
 from peft import LoraConfig
 from trl import SFTTrainer
 
+from .attention import ATTN_IMPLEMENTATION, FULL_FROM_KWARG
 from .config import LoraArgs, SWAAConfig
 
 IGNORE_INDEX = -100
+# Batch entries with one value per document (or document boundary), not one per token.
+PER_DOCUMENT_KEYS = ("cu_seq_lens_q", "cu_seq_lens_k", FULL_FROM_KWARG)
 
 
 def lora_config(args: LoraArgs) -> LoraConfig:
@@ -49,10 +57,17 @@ def first_supervised(labels: torch.Tensor, cu_seqlens: torch.Tensor) -> torch.Te
 
 
 class FullFromCollator:
-    """Wraps a collator; adds `swaa_full_from` (one entry per document) to each batch."""
+    """Wraps a collator; adds `swaa_full_from` (one entry per document) to each batch.
 
-    def __init__(self, collator):
+    With `per_document_as_lists` (sequence parallelism) the per-document entries leave as
+    Python lists: DeepSpeed's UlyssesSPDataLoaderAdapter slices every tensor of a batch along
+    the sequence and hands every other value to all ranks unchanged, and these entries
+    describe the whole row. `SWAATrainer._prepare_inputs` turns them back into tensors.
+    """
+
+    def __init__(self, collator, per_document_as_lists: bool = False):
         self.collator = collator
+        self.per_document_as_lists = per_document_as_lists
 
     def __call__(self, examples):
         batch = self.collator(examples)
@@ -63,7 +78,19 @@ class FullFromCollator:
             width = labels.shape[1]
             cu = torch.arange(labels.shape[0] + 1, dtype=torch.int32) * width
             batch["swaa_full_from"] = first_supervised(labels.reshape(-1), cu)
+        if self.per_document_as_lists:
+            for key in PER_DOCUMENT_KEYS:
+                if key in batch:
+                    batch[key] = batch[key].tolist()
         return batch
+
+
+def per_document_tensors(inputs: dict, device) -> dict:
+    """Turn the per-document lists of `FullFromCollator(per_document_as_lists=True)` back into tensors."""
+    for key in PER_DOCUMENT_KEYS:
+        if isinstance(inputs.get(key), list):
+            inputs[key] = torch.tensor(inputs[key], dtype=torch.int32, device=device)
+    return inputs
 
 
 def model_card(swaa: SWAAConfig, base_model: str, recipe_name: str, recipe_raw: dict | None) -> str:
@@ -116,7 +143,23 @@ class SWAATrainer(SFTTrainer):
         self.base_model = base_model
         self.recipe_name = recipe_name
         self.recipe_raw = recipe_raw
-        self.data_collator = FullFromCollator(self.data_collator)
+        sequence_parallel = self._enable_sequence_parallel_attention()
+        self.data_collator = FullFromCollator(self.data_collator, per_document_as_lists=sequence_parallel)
+
+    def _enable_sequence_parallel_attention(self) -> bool:
+        """Under DeepSpeed Ulysses SP, have DeepSpeed wrap the model's own (SWAA) attention.
+
+        accelerate only accepts built-in names for `sp_attn_implementation`, while DeepSpeed's
+        UlyssesSPAttentionHF wraps any registered attention and requires the model's own.
+        """
+        pc = self.accelerator.parallelism_config
+        if pc is None or not pc.sp_enabled or pc.sp_backend != "deepspeed":
+            return False
+        pc.sp_handler.sp_attn_implementation = ATTN_IMPLEMENTATION
+        return True
+
+    def _prepare_inputs(self, inputs):
+        return per_document_tensors(super()._prepare_inputs(inputs), self.args.device)
 
     def _save(self, output_dir: str | None = None, state_dict=None):
         super()._save(output_dir, state_dict=state_dict)

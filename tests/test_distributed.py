@@ -1,0 +1,223 @@
+"""Multi-process training through accelerate, on CPU over gloo.
+
+- every config in recipes/accelerate/ goes through accelerate's own launcher validation and
+  names the engine its file name claims;
+- the demo recipe under DDP (2 processes) reaches the same losses as one process with the
+  same global batch, and writes a PEFT adapter + swaa_config.json that loads on CPU;
+- DeepSpeed Ulysses sequence parallelism (2 processes, when deepspeed is installed): each
+  rank holds half of a packed row, the SWAA attention still sees the whole row, and the
+  logits equal those of the whole row on one process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+CONFIGS = ROOT / "recipes" / "accelerate"
+
+# A few seconds of training per process: 4 optimizer steps on 1-2 packed rows of <= 1024 tokens.
+TINY = [
+    "training.max_steps=4", "training.logging_steps=1", "training.save_steps=4",
+    "data.synthetic_rows=16", "data.synthetic_words=[80,160]", "training.max_length=1024",
+    "swaa.sliding_window_size=32",
+]
+# fp32 on CPU: the two runs differ only in reduction order (DDP sums two per-rank gradients,
+# one process backpropagates one longer row), ~1e-6 on the loss after 4 Adam steps. A wrong
+# global batch or a per-rank (not per-token) loss average moves the first loss by > 1e-3.
+LOSS_ATOL = 1e-4
+
+
+# ------------------------------------------------------------------------------------------
+# The accelerate config files
+# ------------------------------------------------------------------------------------------
+def _launch_args(name: str):
+    from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+
+    parser = launch_command_parser()
+    args = parser.parse_args(["--config_file", str(CONFIGS / f"{name}.yaml"), "train.py"])
+    args, defaults, _ = _validate_launch_command(args)
+    # As `accelerate launch` does before handing over to its DeepSpeed launcher.
+    args.deepspeed_fields_from_accelerate_config = ",".join(defaults.deepspeed_config)
+    return args
+
+
+def _launch_env(args) -> dict:
+    """The environment `accelerate launch` gives the training processes."""
+    from accelerate.utils.launch import prepare_deepspeed_cmd_env, prepare_multi_gpu_env
+
+    return prepare_deepspeed_cmd_env(args)[1] if args.use_deepspeed else prepare_multi_gpu_env(args)
+
+
+EXPECTED_ENV = {
+    "ddp": {"ACCELERATE_MIXED_PRECISION": "bf16"},
+    "fsdp2": {
+        "ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2", "FSDP_RESHARD_AFTER_FORWARD": "true",
+        "FSDP_AUTO_WRAP_POLICY": "TRANSFORMER_BASED_WRAP", "FSDP_STATE_DICT_TYPE": "FULL_STATE_DICT",
+        "FSDP_ACTIVATION_CHECKPOINTING": "false",
+    },
+    "zero2": {"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "2",
+              "ACCELERATE_MIXED_PRECISION": "bf16"},
+    "zero3": {"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "3",
+              "ACCELERATE_DEEPSPEED_ZERO3_SAVE_16BIT_MODEL": "true",
+              "ACCELERATE_DEEPSPEED_OFFLOAD_PARAM_DEVICE": "none"},
+    "zero3_offload": {"ACCELERATE_DEEPSPEED_ZERO_STAGE": "3", "ACCELERATE_DEEPSPEED_OFFLOAD_PARAM_DEVICE": "cpu",
+                      "ACCELERATE_DEEPSPEED_OFFLOAD_OPTIMIZER_DEVICE": "cpu",
+                      "ACCELERATE_DEEPSPEED_ZERO3_SAVE_16BIT_MODEL": "true"},
+    "sp": {"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "3",
+           "ACCELERATE_USE_PARALLELISM_CONFIG": "true", "PARALLELISM_CONFIG_SP_SIZE": "2",
+           "PARALLELISM_CONFIG_SP_BACKEND": "deepspeed"},
+}
+ENGINE = {"ddp": "multi_gpu", "fsdp2": "use_fsdp", "zero2": "use_deepspeed", "zero3": "use_deepspeed",
+          "zero3_offload": "use_deepspeed", "sp": "use_deepspeed"}
+
+
+def test_every_config_file_is_checked():
+    assert sorted(p.stem for p in CONFIGS.glob("*.yaml")) == sorted(EXPECTED_ENV)
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_ENV))
+def test_accelerate_config_names_its_engine(name):
+    args = _launch_args(name)
+    engines = {flag for flag in set(ENGINE.values()) if getattr(args, flag)}
+    assert engines == {ENGINE[name]}
+    assert args.num_processes == 2 and args.num_machines == 1
+    env = _launch_env(args)
+    assert {key: env.get(key) for key in EXPECTED_ENV[name]} == EXPECTED_ENV[name]
+
+
+# ------------------------------------------------------------------------------------------
+# DDP over gloo: the same losses as one process with the same global batch
+# ------------------------------------------------------------------------------------------
+def _logged_losses(output_dir: Path, steps: int) -> list[float]:
+    state = json.loads((output_dir / f"checkpoint-{steps}" / "trainer_state.json").read_text())
+    return [entry["loss"] for entry in state["log_history"] if "loss" in entry]
+
+
+def test_ddp_two_processes_match_one_process(tmp_path):
+    ddp_dir, one_dir = tmp_path / "ddp", tmp_path / "one"
+    # `accelerate launch --cpu` runs a single process (multi-CPU needs mpirun), so launch
+    # through torchrun with the DDP config; `training.use_cpu` makes accelerate pick gloo.
+    cmd = [
+        sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CONFIGS / "ddp.yaml"),
+        "--num_processes", "2", "--mixed_precision", "no", "--main_process_port", str(_free_port()),
+        "train.py", "--recipe", "demo", *TINY, "training.use_cpu=true", f"training.output_dir={ddp_dir}",
+    ]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert "Total train batch size (w. parallel, distributed & accumulation) = 2" in done.stdout + done.stderr
+
+    from swaa_train.run import run_training
+
+    # One process, the same global batch: 2 packed rows per step.
+    run_training("demo", [*TINY, "training.per_device_train_batch_size=2", f"training.output_dir={one_dir}"])
+
+    ddp_losses, one_losses = _logged_losses(ddp_dir, 4), _logged_losses(one_dir, 4)
+    assert len(ddp_losses) == 4
+    assert ddp_losses == pytest.approx(one_losses, abs=LOSS_ATOL)
+    assert ddp_losses[-1] < ddp_losses[0]  # it trains
+
+    # The gathered output: a plain PEFT adapter + swaa_config.json, loadable on CPU.
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from swaa_train.config import SWAAConfig
+
+    assert SWAAConfig.load(ddp_dir) == SWAAConfig.load(one_dir)
+    base = AutoModelForCausalLM.from_pretrained(ddp_dir / "base-model", dtype=torch.float32)
+    model = PeftModel.from_pretrained(base, ddp_dir)
+    lora = {k: v for k, v in model.state_dict().items() if "lora_B" in k}
+    assert lora and all(v.abs().sum() > 0 for v in lora.values())  # trained (lora_B starts at zero)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# ------------------------------------------------------------------------------------------
+# DeepSpeed Ulysses SP: half a row per rank, the whole row in the attention
+# ------------------------------------------------------------------------------------------
+SP_DOCS = [(40, 25), (70, 50), (18, 11)]  # (length, prompt length) of each packed document
+
+
+def _packed_batch(seed: int) -> dict:
+    """A padding-free row of 3 documents through TRL's collator and ours (SP layout)."""
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    from swaa_train.trainer import FullFromCollator
+
+    g = torch.Generator().manual_seed(seed)
+    ids, labels = [], []
+    for length, prompt in SP_DOCS:
+        doc = torch.randint(3, 97, (length,), generator=g).tolist()
+        ids += doc
+        labels += [-100] * prompt + doc[prompt:]  # supervised answer after the prompt
+    example = {"input_ids": ids, "labels": labels, "seq_lengths": [n for n, _ in SP_DOCS]}
+    trl = DataCollatorForLanguageModeling(pad_token_id=0, padding_free=True, pad_to_multiple_of=4)
+    return FullFromCollator(trl, per_document_as_lists=True)([example])
+
+
+def _sp_worker(rank: int, world: int, port: int, out_dir: str):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
+                      WORLD_SIZE=str(world))
+    import deepspeed
+    from deepspeed.runtime.sequence_parallel.ulysses_sp import UlyssesSPAttentionHF, UlyssesSPDataLoaderAdapter
+
+    from conftest import tiny_model
+    from swaa_train.attention import ATTN_IMPLEMENTATION, apply_swaa
+    from swaa_train.config import SWAAConfig
+    from swaa_train.trainer import per_document_tensors
+
+    deepspeed.init_distributed(dist_backend="gloo")
+    swaa = SWAAConfig(sliding_window_size=8, keep_first=2, force_fa_decode=True, non_sliding_layers=[1])
+    model = apply_swaa(tiny_model("qwen3", attn_implementation="sdpa").float(), swaa)  # 4 heads, 2 kv heads
+    batches = [_packed_batch(seed) for seed in range(world)]  # rank r's data loader yields batch r
+
+    def forward(batch):
+        inputs = per_document_tensors({k: v for k, v in batch.items() if k not in ("labels", "shift_labels")}, "cpu")
+        with torch.no_grad():
+            return model(**inputs).logits
+
+    whole = [forward(b) for b in batches]  # before SP: one process, whole rows
+    mpu = UlyssesSPAttentionHF.register_with_transformers(
+        model_name_or_path=model, core_attn_implementation=ATTN_IMPLEMENTATION, sequence_parallel_size=world,
+        micro_batch_size=1, seq_length_is_variable=True,
+    )
+    loader = UlyssesSPDataLoaderAdapter(iter([batches[rank]]), sp_rank=rank, sp_group=mpu.get_sequence_parallel_group(),
+                                        sp_world_size=world, device="cpu")
+    seen = []
+    for step in range(world):  # step s: every rank holds its slice of rank s's row
+        shard = next(loader)
+        seen.append({k: shard[k] for k in ("cu_seq_lens_q", "swaa_full_from", "max_length_q")})
+        local = forward(shard)
+        chunk = whole[step].shape[1] // world
+        torch.testing.assert_close(local, whole[step][:, rank * chunk:(rank + 1) * chunk], atol=2e-5, rtol=1e-4)
+    Path(out_dir, f"rank{rank}.json").write_text(json.dumps(seen))
+
+
+def test_ulysses_sequence_parallel_sees_whole_rows(tmp_path):
+    pytest.importorskip("deepspeed")
+    import torch.multiprocessing as mp
+
+    sys.path.insert(0, str(Path(__file__).parent))  # for `conftest` in the spawned workers
+    mp.spawn(_sp_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    expected = []
+    for seed in range(2):
+        batch = _packed_batch(seed)
+        expected.append({k: batch[k] for k in ("cu_seq_lens_q", "swaa_full_from", "max_length_q")})
+    # Both ranks received every row's per-document fields whole, not sliced.
+    for rank in range(2):
+        assert json.loads((tmp_path / f"rank{rank}.json").read_text()) == expected
+    assert expected[0]["cu_seq_lens_q"] == [0, 40, 110, 128]
+    assert expected[0]["swaa_full_from"] == [25, 50, 11]
