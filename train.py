@@ -4,12 +4,10 @@
     accelerate launch train.py --recipe qwen3_swa2k training.output_dir=outputs/qwen3-swa2k
 """
 
-from swaa_train.cli import train_main
+import sys
+
+from swaa_train.cli import setup_logging, train_main
 
 if __name__ == "__main__":
-    import sys
-
-    from transformers.utils import logging
-
-    logging.set_verbosity_info()
+    setup_logging()
     train_main(sys.argv[1:])

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import argparse
+import logging as stdlib_logging
 import sys
 
 from transformers.utils import logging
@@ -123,10 +124,22 @@ def distill_main(argv: list[str]) -> None:
 COMMANDS = {"train": train_main, "merge": merge_main, "push": push_main, "eval": eval_main, "distill": distill_main}
 
 
-def main(argv: list[str] | None = None) -> None:
-    argv = list(sys.argv[1:] if argv is None else argv)
+def setup_logging() -> None:
+    """INFO logs from transformers and from this package, on every process's stderr."""
     logging.set_verbosity_info()
     logging.enable_explicit_format()
+    package = stdlib_logging.getLogger("swaa_train")
+    if not package.handlers:
+        handler = stdlib_logging.StreamHandler()
+        handler.setFormatter(stdlib_logging.Formatter("[swaa_train|%(levelname)s] %(message)s"))
+        package.addHandler(handler)
+    package.setLevel(stdlib_logging.INFO)
+    package.propagate = False
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    setup_logging()
     if argv and argv[0] in COMMANDS:
         COMMANDS[argv.pop(0)](argv)
     elif argv and not argv[0].startswith("-"):
