@@ -125,9 +125,8 @@ COMMANDS = {"train": train_main, "merge": merge_main, "push": push_main, "eval":
 
 
 def setup_logging() -> None:
-    """INFO logs from transformers and from this package, on every process's stderr."""
-    logging.set_verbosity_info()
-    logging.enable_explicit_format()
+    """This package's INFO logs and transformers' warnings, on stderr (the Trainer prints its own progress)."""
+    logging.set_verbosity_warning()
     package = stdlib_logging.getLogger("swaa_train")
     if not package.handlers:
         handler = stdlib_logging.StreamHandler()
