@@ -47,7 +47,7 @@ def nan_poisoned_outputs(monkeypatch):
     real_empty, real_empty_like = torch.empty, torch.empty_like
 
     def poison(t):
-        return t.fill_(math.nan) if t.is_floating_point() else t
+        return t.fill_(math.nan) if t.is_floating_point() and not t.requires_grad else t
 
     monkeypatch.setattr(torch, "empty", lambda *a, **kw: poison(real_empty(*a, **kw)))
     monkeypatch.setattr(torch, "empty_like", lambda *a, **kw: poison(real_empty_like(*a, **kw)))

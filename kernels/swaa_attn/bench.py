@@ -19,7 +19,7 @@ import triton
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
-from .ops import KernelConfig, select_config, swaa_attn_varlen_triton
+from .ops import select_config, swaa_attn_varlen_triton
 
 HQ, HKV, HEAD_DIM = 32, 8, 128
 WINDOW, KEEP_FIRST, FA_DECODE_TOKENS = 2048, 100, 1024
@@ -108,26 +108,26 @@ def measure(fn, inputs, backward):
     return ms, peak
 
 
-def bench_case(name, rows):
+def bench_case(name, rows, config=None):
     lens, fwd_only = CASES[name]
     q, k, v, cu, full_from = make_inputs(lens)
     flops_fwd = 4 * HEAD_DIM * HQ * visible_pairs(lens, WINDOW, KEEP_FIRST, full_from.tolist())
     docs, n = len(lens), lens[0]
-    as_bhtd = lambda t: t.transpose(0, 1).unsqueeze(0).contiguous()  # noqa: E731
+    as_bhtd = lambda t: t.transpose(0, 1).unsqueeze(0).contiguous()
     flex = flex_setup(lens, full_from)
     qf, kf, vf = as_bhtd(q), as_bhtd(k), as_bhtd(v)
     # SDPA full causal per document: (docs, H, n, D); k/v repeated to Hq heads outside the timing.
-    per_doc = lambda t: t.view(docs, n, t.shape[1], HEAD_DIM).transpose(1, 2).contiguous()  # noqa: E731
+    per_doc = lambda t: t.view(docs, n, t.shape[1], HEAD_DIM).transpose(1, 2).contiguous()
     qs = per_doc(q)
     ks = per_doc(k).repeat_interleave(HQ // HKV, dim=1)
     vs = per_doc(v).repeat_interleave(HQ // HKV, dim=1)
 
     with torch.no_grad():
-        diff = (ours(q, k, v, cu, full_from, lens).transpose(0, 1).unsqueeze(0).float() - flex(qf, kf, vf).float())
+        diff = (ours(q, k, v, cu, full_from, lens, config).transpose(0, 1).unsqueeze(0).float() - flex(qf, kf, vf).float())
     max_diff = diff.abs().max().item()
     del diff
     methods = [
-        ("swaa_attn (Triton)", lambda q_, k_, v_: ours(q_, k_, v_, cu, full_from, lens), (q, k, v)),
+        ("swaa_attn (Triton)", lambda q_, k_, v_: ours(q_, k_, v_, cu, full_from, lens, config), (q, k, v)),
         ("FlexAttention, same mask", flex, (qf, kf, vf)),
         ("SDPA full causal per doc", sdpa_causal, (qs, ks, vs)),
     ]
@@ -153,51 +153,72 @@ def format_row(r):
     return f"| {r['case']} | {r['method']} | {r['fwd_ms']:.2f} | {r['fwd_tflops']:.0f} | {r['fwd_mem']:.0f} | {fb} |"
 
 
-SWEEP_FWD = [(128, 64, 8, 3), (128, 128, 8, 3), (128, 64, 4, 3), (128, 128, 8, 2), (128, 64, 8, 4), (64, 64, 4, 3),
-             (64, 128, 4, 3)]
-SWEEP_BWD = [(64, 128, 128, 64, 8, 3), (32, 128, 128, 32, 4, 3), (64, 128, 128, 64, 8, 2), (32, 128, 128, 32, 8, 3),
-             (64, 128, 64, 64, 8, 3), (64, 64, 64, 64, 4, 3), (32, 64, 64, 32, 4, 4)]
+SWEEP_FWD = [  # BLOCK_M, BLOCK_N, num_warps, num_stages, warp_specialize
+    (128, 64, 8, 3, False), (128, 128, 8, 3, False), (128, 64, 8, 2, False), (64, 64, 4, 3, False),
+    (128, 64, 8, 3, True), (128, 128, 8, 3, True), (128, 64, 4, 3, True),
+]
+SWEEP_BWD = [  # dK/dV BLOCK_M, BLOCK_N; dQ BLOCK_M, BLOCK_N; num_warps, num_stages, warp_specialize
+    (64, 128, 128, 64, 8, 2, False), (64, 128, 128, 64, 8, 3, False), (32, 128, 128, 32, 8, 3, False),
+    (64, 128, 128, 32, 8, 2, False), (32, 64, 64, 32, 4, 4, False), (64, 128, 128, 64, 8, 2, True),
+]
 
 
 def sweep():
-    """Forward and forward+backward of the 32k case under other tile configurations."""
+    """Time the 32k case under other tile configurations; return the fastest (fwd, then bwd)."""
     lens = CASES["32k"][0]
     q, k, v, cu, full_from = make_inputs(lens)
-    base = select_config(HEAD_DIM)
-    print(f"default config: {base}", flush=True)
-    fn = lambda cfg: (lambda q_, k_, v_: ours(q_, k_, v_, cu, full_from, lens, cfg))  # noqa: E731
-    for bm, bn, w, s in SWEEP_FWD:
-        cfg = dataclasses.replace(base, block_m=bm, block_n=bn, fwd_warps=w, fwd_stages=s)
+    best = select_config(HEAD_DIM)
+    print(f"default config: {best}", flush=True)
+    with torch.no_grad():
+        want = ours(q, k, v, cu, full_from, lens, best).float()
+    fn = lambda cfg: (lambda q_, k_, v_: ours(q_, k_, v_, cu, full_from, lens, cfg))
+
+    def trial(cfg, backward, label):
         try:
-            ms, _ = measure(fn(cfg), (q, k, v), backward=False)
-            print(f"sweep fwd BLOCK_M={bm} BLOCK_N={bn} warps={w} stages={s}: {ms:.3f} ms", flush=True)
-        except Exception as e:  # out of shared memory / registers: report and go on
-            print(f"sweep fwd {bm},{bn},{w},{s}: failed {type(e).__name__}: {str(e)[:120]}", flush=True)
-    for m1, n1, m2, n2, w, s in SWEEP_BWD:
-        cfg = dataclasses.replace(base, block_m1=m1, block_n1=n1, block_m2=m2, block_n2=n2, bwd_warps=w, bwd_stages=s)
-        try:
-            ms, _ = measure(fn(cfg), (q, k, v), backward=True)
-            print(f"sweep fwd+bwd M1={m1} N1={n1} M2={m2} N2={n2} warps={w} stages={s}: {ms:.3f} ms", flush=True)
-        except Exception as e:
-            print(f"sweep bwd {m1},{n1},{m2},{n2},{w},{s}: failed {type(e).__name__}: {str(e)[:120]}", flush=True)
+            with torch.no_grad():
+                err = (ours(q, k, v, cu, full_from, lens, cfg).float() - want).abs().max().item()
+            if not err < 0.05:
+                print(f"sweep {label}: wrong output (max diff {err:.3g})", flush=True)
+                return math.inf
+            ms, _ = measure(fn(cfg), (q, k, v), backward=backward)
+            print(f"sweep {label}: {ms:.3f} ms", flush=True)
+            return ms
+        except Exception as e:  # out of shared memory / registers, unsupported option
+            print(f"sweep {label}: failed {type(e).__name__}: {str(e)[:160]}", flush=True)
+            return math.inf
+
+    results = []
+    for bm, bn, w, s, ws in SWEEP_FWD:
+        cfg = dataclasses.replace(best, block_m=bm, block_n=bn, fwd_warps=w, fwd_stages=s, fwd_warp_specialize=ws)
+        results.append((trial(cfg, False, f"fwd BLOCK_M={bm} BLOCK_N={bn} warps={w} stages={s} ws={ws}"), cfg))
+    best = min(results, key=lambda r: r[0])[1]
+    results = []
+    for m1, n1, m2, n2, w, s, ws in SWEEP_BWD:
+        cfg = dataclasses.replace(best, block_m1=m1, block_n1=n1, block_m2=m2, block_n2=n2, bwd_warps=w,
+                                  bwd_stages=s, bwd_warp_specialize=ws)
+        label = f"fwd+bwd M1={m1} N1={n1} M2={m2} N2={n2} warps={w} stages={s} ws={ws}"
+        results.append((trial(cfg, True, label), cfg))
+    best = min(results, key=lambda r: r[0])[1]
+    print(f"fastest config: {best}", flush=True)
+    return best
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", help="also write the table (markdown) to this file")
-    parser.add_argument("--sweep", action="store_true", help="first time other tile configurations (32k case)")
+    parser.add_argument("--sweep", action="store_true",
+                        help="first time other tile configurations on the 32k case; the table uses the fastest")
     parser.add_argument("--cases", default=",".join(CASES), help="comma-separated subset of " + ",".join(CASES))
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         raise SystemExit("swaa_attn.bench needs CUDA")
-    if args.sweep:
-        sweep()
+    config = sweep() if args.sweep else None
     print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, triton {triton.__version__}; "
           f"Hq={HQ} Hkv={HKV} D={HEAD_DIM} bf16, window {WINDOW}, keep_first {KEEP_FIRST}, "
           f"last {FA_DECODE_TOKENS} tokens of each document FA decode", flush=True)
     rows = []
     for name in args.cases.split(","):
-        bench_case(name, rows)
+        bench_case(name, rows, config)
     table = "\n".join([HEADER, *map(format_row, rows)])
     print("\n" + table)
     if args.out:

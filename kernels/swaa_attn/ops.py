@@ -109,8 +109,8 @@ def _query_ranges(j0, qlen, offset, window, keep_first, full_from,
 def _fwd_tiles(acc, l_i, m_i, q, K, V, stride_kt, stride_vt, offs_i, offs_n, offs_d,
                s1, c1, s2, c2, s3, c3, klen, window, keep_first, full_from, qk_scale,
                MASKED: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
-               BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr):
-    for t in range(0, c1 + c2 + c3):
+               BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr, WARP_SPECIALIZE: tl.constexpr):
+    for t in tl.range(0, c1 + c2 + c3, warp_specialize=WARP_SPECIALIZE):
         # Step t walks [s1, s1+c1), then [s2, s2+c2), then [s3, s3+c3). (Loop bodies call no
         # helpers: each call costs the Triton interpreter a module patch.)
         start_n = tl.where(t < c1, s1 + t, tl.where(t < c1 + c2, s2 + t - c1, s3 + t - c1 - c2)) * BLOCK_N
@@ -125,15 +125,20 @@ def _fwd_tiles(acc, l_i, m_i, q, K, V, stride_kt, stride_vt, offs_i, offs_n, off
             kv_mask = None
             kv_other = None
         k = tl.load(K + cols[:, None] * stride_kt + offs_d[None, :], mask=kv_mask, other=kv_other)
-        qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
+        qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
         if MASKED:
             ii = offs_i[:, None]
             jj = cols[None, :]
-            # The SWAA mask (naive.visible) plus the sequence's key bound.
-            vis = (jj <= ii) & (jj < klen) & (((ii - jj) < window) | (jj < keep_first) | (ii >= full_from))
-            qk = tl.where(vis, qk, float("-inf"))
-        m_new = tl.maximum(m_i, tl.reduce(qk, 1, _MAX))
-        p = tl.math.exp2(qk - m_new[:, None])
+            # The SWAA mask (naive.visible) plus the sequence's key bound, with the window and
+            # FA-decode terms folded into each row's lowest visible key.
+            lo = tl.where(offs_i >= full_from, 0, offs_i - window + 1)[:, None]
+            vis = (jj <= ii) & (jj < klen) & ((jj >= lo) | (jj < keep_first))
+            qk = tl.where(vis, qk * qk_scale, float("-inf"))
+            m_new = tl.maximum(m_i, tl.reduce(qk, 1, _MAX))
+            p = tl.math.exp2(qk - m_new[:, None])
+        else:  # scale folded into one multiply-add per score (qk_scale > 0)
+            m_new = tl.maximum(m_i, tl.reduce(qk, 1, _MAX) * qk_scale)
+            p = tl.math.exp2(qk * qk_scale - m_new[:, None])
         alpha = tl.math.exp2(m_i - m_new)
         l_i = l_i * alpha + tl.reduce(p, 1, _ADD)
         v = tl.load(V + cols[:, None] * stride_vt + offs_d[None, :], mask=kv_mask, other=kv_other)
@@ -143,12 +148,14 @@ def _fwd_tiles(acc, l_i, m_i, q, K, V, stride_kt, stride_vt, offs_i, offs_n, off
     return acc, l_i, m_i
 
 
-@triton.jit
+# Scalars that vary from call to call are not specialized on (no recompile per window size).
+@triton.jit(do_not_specialize=["total_q", "n_tiles", "window", "keep_first"])
 def _fwd_kernel(Q, K, V, Out, Lse, CuQ, CuK, FullFrom, TileSeq, TileIdx,
                 stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh,
                 stride_ot, stride_oh, total_q, n_tiles, qk_scale, window, keep_first,
                 GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
-                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr):
+                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr,
+                WARP_SPECIALIZE: tl.constexpr):
     head = tl.program_id(0)
     slot = n_tiles - 1 - tl.program_id(1)  # last tiles see the most keys: start them first
     seq = tl.load(TileSeq + slot)
@@ -184,11 +191,11 @@ def _fwd_kernel(Q, K, V, Out, Lse, CuQ, CuK, FullFrom, TileSeq, TileIdx,
     acc = tl.full([BLOCK_M, BLOCK_D], 0.0, dtype=tl.float32)
     acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, K, V, stride_kt, stride_vt, offs_i, offs_n, offs_d,
                                0, s_full, f_lo, f_hi - f_lo, 0, 0, klen, window, keep_first, full_from,
-                               qk_scale, False, HEAD_DIM, BLOCK_D, BLOCK_N, DOT_PRECISION)
+                               qk_scale, False, HEAD_DIM, BLOCK_D, BLOCK_N, DOT_PRECISION, WARP_SPECIALIZE)
     acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, K, V, stride_kt, stride_vt, offs_i, offs_n, offs_d,
                                s_full, ns - s_full, nb0, f_lo - nb0, f_hi, nb1 - f_hi, klen, window,
                                keep_first, full_from, qk_scale, True, HEAD_DIM, BLOCK_D, BLOCK_N,
-                               DOT_PRECISION)
+                               DOT_PRECISION, WARP_SPECIALIZE)
     l_i = tl.where(l_i > 0.0, l_i, 1.0)
     acc = acc / l_i[:, None]
     tl.store(Out + q_rows[:, None] * stride_ot + head * stride_oh + offs_d[None, :],
@@ -201,7 +208,7 @@ def _fwd_kernel(Q, K, V, Out, Lse, CuQ, CuK, FullFrom, TileSeq, TileIdx,
 # ----------------------------------------------------------------------------------------
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["total_q"])
 def _bwd_delta_kernel(Out, DOut, Delta, stride_ot, stride_oh, stride_dt, stride_dh, total_q,
                       HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr):
     head = tl.program_id(0)
@@ -219,9 +226,9 @@ def _bwd_delta_kernel(Out, DOut, Delta, stride_ot, stride_oh, stride_dt, stride_
 def _dkdv_tiles(dk, dv, k, v, Q, DO, Lse, Delta, stride_qt, stride_dot, offs_j, offs_m, offs_d,
                 s1, c1, s2, c2, s3, c3, qlen, offset, klen, window, keep_first, full_from, qk_scale,
                 MASKED: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr,
-                DOT_PRECISION: tl.constexpr):
+                DOT_PRECISION: tl.constexpr, WARP_SPECIALIZE: tl.constexpr):
     d_ok = offs_d < HEAD_DIM
-    for t in range(0, c1 + c2 + c3):
+    for t in tl.range(0, c1 + c2 + c3, warp_specialize=WARP_SPECIALIZE):
         # Step t walks [s1, s1+c1), then [s2, s2+c2), then [s3, s3+c3).
         rows = tl.where(t < c1, s1 + t, tl.where(t < c1 + c2, s2 + t - c1, s3 + t - c1 - c2)) * BLOCK_M + offs_m
         row_ok = rows < qlen
@@ -231,10 +238,12 @@ def _dkdv_tiles(dk, dv, k, v, Q, DO, Lse, Delta, stride_qt, stride_dot, offs_j, 
         qkT = tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION)
         pT = tl.math.exp2(qkT * qk_scale - lse[None, :])
         if MASKED:
-            ii = rows[None, :] + offset
+            pos = rows + offset
+            ii = pos[None, :]
             jj = offs_j[:, None]
-            # The SWAA mask (naive.visible) plus the sequence's key bound.
-            vis = (jj <= ii) & (jj < klen) & (((ii - jj) < window) | (jj < keep_first) | (ii >= full_from))
+            # The SWAA mask (naive.visible) plus the sequence's key bound (see _fwd_tiles).
+            lo = tl.where(pos >= full_from, 0, pos - window + 1)[None, :]
+            vis = (jj <= ii) & (jj < klen) & ((jj >= lo) | (jj < keep_first))
             pT = tl.where(vis, pT, 0.0)
         do = tl.load(DO + rows[:, None] * stride_dot + offs_d[None, :], mask=row_ok[:, None] & d_ok[None, :], other=0.0)
         dv = tl.dot(pT.to(do.dtype), do, dv, input_precision=DOT_PRECISION)
@@ -245,13 +254,14 @@ def _dkdv_tiles(dk, dv, k, v, Q, DO, Lse, Delta, stride_qt, stride_dot, offs_j, 
     return dk, dv
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["total_q", "window", "keep_first"])
 def _bwd_dkdv_kernel(Q, K, V, DO, DK, DV, Lse, Delta, CuQ, CuK, FullFrom, TileSeq, TileIdx,
                      stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh,
                      stride_dot, stride_doh, stride_dkt, stride_dkh, stride_dvt, stride_dvh,
                      total_q, sm_scale, qk_scale, window, keep_first,
                      GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
-                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr):
+                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr,
+                     WARP_SPECIALIZE: tl.constexpr):
     kv_head = tl.program_id(0)
     slot = tl.program_id(1)  # first tiles hold the sinks, seen by every later query: start them first
     seq = tl.load(TileSeq + slot)
@@ -287,10 +297,11 @@ def _bwd_dkdv_kernel(Q, K, V, DO, DK, DV, Lse, Delta, CuQ, CuK, FullFrom, TileSe
         Deltah = Delta + head.to(tl.int64) * total_q + q0
         dk, dv = _dkdv_tiles(dk, dv, k, v, Qh, DOh, Lseh, Deltah, stride_qt, stride_dot, offs_j, offs_m,
                              offs_d, cf, wf - cf, g, nq - g, 0, 0, qlen, offset, klen, window, keep_first,
-                             full_from, qk_scale, False, HEAD_DIM, BLOCK_M, DOT_PRECISION)
+                             full_from, qk_scale, False, HEAD_DIM, BLOCK_M, DOT_PRECISION, WARP_SPECIALIZE)
         dk, dv = _dkdv_tiles(dk, dv, k, v, Qh, DOh, Lseh, Deltah, stride_qt, stride_dot, offs_j, offs_m,
                              offs_d, a0, cf - a0, wf, mb_hi - wf, d0, dm_hi - d0, qlen, offset, klen,
-                             window, keep_first, full_from, qk_scale, True, HEAD_DIM, BLOCK_M, DOT_PRECISION)
+                             window, keep_first, full_from, qk_scale, True, HEAD_DIM, BLOCK_M, DOT_PRECISION,
+                             WARP_SPECIALIZE)
     tl.store(DK + k_rows[:, None] * stride_dkt + kv_head * stride_dkh + offs_d[None, :],
              (dk * sm_scale).to(DK.dtype.element_ty), mask=kv_mask)
     tl.store(DV + k_rows[:, None] * stride_dvt + kv_head * stride_dvh + offs_d[None, :],
@@ -301,8 +312,8 @@ def _bwd_dkdv_kernel(Q, K, V, DO, DK, DV, Lse, Delta, CuQ, CuK, FullFrom, TileSe
 def _dq_tiles(dq, q, do, lse, delta, K, V, stride_kt, stride_vt, offs_i, offs_n, offs_d,
               s1, c1, s2, c2, s3, c3, klen, window, keep_first, full_from, qk_scale,
               MASKED: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
-              BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr):
-    for t in range(0, c1 + c2 + c3):
+              BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr, WARP_SPECIALIZE: tl.constexpr):
+    for t in tl.range(0, c1 + c2 + c3, warp_specialize=WARP_SPECIALIZE):
         # Step t walks [s1, s1+c1), then [s2, s2+c2), then [s3, s3+c3). (Loop bodies call no
         # helpers: each call costs the Triton interpreter a module patch.)
         start_n = tl.where(t < c1, s1 + t, tl.where(t < c1 + c2, s2 + t - c1, s3 + t - c1 - c2)) * BLOCK_N
@@ -323,8 +334,10 @@ def _dq_tiles(dq, q, do, lse, delta, K, V, stride_kt, stride_vt, offs_i, offs_n,
         if MASKED:
             ii = offs_i[:, None]
             jj = cols[None, :]
-            # The SWAA mask (naive.visible) plus the sequence's key bound.
-            vis = (jj <= ii) & (jj < klen) & (((ii - jj) < window) | (jj < keep_first) | (ii >= full_from))
+            # The SWAA mask (naive.visible) plus the sequence's key bound, with the window and
+            # FA-decode terms folded into each row's lowest visible key.
+            lo = tl.where(offs_i >= full_from, 0, offs_i - window + 1)[:, None]
+            vis = (jj <= ii) & (jj < klen) & ((jj >= lo) | (jj < keep_first))
             p = tl.where(vis, p, 0.0)
         dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
         ds = p * (dp - delta[:, None])
@@ -332,13 +345,14 @@ def _dq_tiles(dq, q, do, lse, delta, K, V, stride_kt, stride_vt, offs_i, offs_n,
     return dq
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["total_q", "n_tiles", "window", "keep_first"])
 def _bwd_dq_kernel(Q, K, V, DO, DQ, Lse, Delta, CuQ, CuK, FullFrom, TileSeq, TileIdx,
                    stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh,
                    stride_dot, stride_doh, stride_dqt, stride_dqh,
                    total_q, n_tiles, sm_scale, qk_scale, window, keep_first,
                    GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
-                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr):
+                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr,
+                   WARP_SPECIALIZE: tl.constexpr):
     head = tl.program_id(0)
     slot = n_tiles - 1 - tl.program_id(1)
     seq = tl.load(TileSeq + slot)
@@ -373,10 +387,10 @@ def _bwd_dq_kernel(Q, K, V, DO, DQ, Lse, Delta, CuQ, CuK, FullFrom, TileSeq, Til
     dq = tl.full([BLOCK_M, BLOCK_D], 0.0, dtype=tl.float32)
     dq = _dq_tiles(dq, q, do, lse, delta, K, V, stride_kt, stride_vt, offs_i, offs_n, offs_d,
                    0, s_full, f_lo, f_hi - f_lo, 0, 0, klen, window, keep_first, full_from, qk_scale,
-                   False, HEAD_DIM, BLOCK_D, BLOCK_N, DOT_PRECISION)
+                   False, HEAD_DIM, BLOCK_D, BLOCK_N, DOT_PRECISION, WARP_SPECIALIZE)
     dq = _dq_tiles(dq, q, do, lse, delta, K, V, stride_kt, stride_vt, offs_i, offs_n, offs_d,
                    s_full, ns - s_full, nb0, f_lo - nb0, f_hi, nb1 - f_hi, klen, window, keep_first,
-                   full_from, qk_scale, True, HEAD_DIM, BLOCK_D, BLOCK_N, DOT_PRECISION)
+                   full_from, qk_scale, True, HEAD_DIM, BLOCK_D, BLOCK_N, DOT_PRECISION, WARP_SPECIALIZE)
     tl.store(DQ + q_rows[:, None] * stride_dqt + head * stride_dqh + offs_d[None, :],
              (dq * sm_scale).to(DQ.dtype.element_ty), mask=io_mask)
 
@@ -400,16 +414,21 @@ class KernelConfig:
     block_n2: int = 64  # dQ kernel: key tile
     bwd_warps: int = 8
     bwd_stages: int = 3
+    fwd_warp_specialize: bool = False
+    bwd_warp_specialize: bool = False
 
 
 # Tuned on an H100 (see BENCHMARKS.md); keyed on the padded head dim.
 GPU_CONFIGS = {
     64: KernelConfig(block_m=128, block_n=64, fwd_warps=4, fwd_stages=3,
                      block_m1=64, block_n1=128, block_m2=128, block_n2=64, bwd_warps=4, bwd_stages=3),
-    128: KernelConfig(),
+    128: KernelConfig(block_n=128),
     256: KernelConfig(block_m=64, block_n=64, fwd_warps=4, fwd_stages=2,
                       block_m1=32, block_n1=64, block_m2=64, block_n2=32, bwd_warps=4, bwd_stages=2),
 }
+# fp32 (tests only) takes twice the shared memory per tile: half-size tiles.
+FP32_GPU_CONFIG = KernelConfig(block_m=64, block_n=32, fwd_warps=4, fwd_stages=2, block_m1=32, block_n1=64,
+                               block_m2=64, block_n2=32, bwd_warps=4, bwd_stages=2)
 # Small tiles under the interpreter: short test sequences still span many tiles.
 INTERPRETER_CONFIG = KernelConfig(block_m=32, block_n=32, block_m1=32, block_n1=64, block_m2=64, block_n2=32)
 
@@ -418,9 +437,11 @@ def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-def select_config(block_d: int) -> KernelConfig:
+def select_config(block_d: int, dtype: torch.dtype = torch.bfloat16) -> KernelConfig:
     if _interpreting():
         return INTERPRETER_CONFIG
+    if dtype == torch.float32:
+        return FP32_GPU_CONFIG
     return GPU_CONFIGS[max(64, block_d)]
 
 
@@ -456,7 +477,7 @@ def _launch_fwd(q, k, v, cu_q, cu_k, full_from, window, keep_first, scale, cfg):
         out.stride(0), out.stride(1), total_q, seq.numel(), scale * LOG2E, window, keep_first,
         GROUP=hq // k.shape[1], HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_M=cfg.block_m,
         BLOCK_N=cfg.block_n, DOT_PRECISION=_dot_precision(q.dtype),
-        num_warps=cfg.fwd_warps, num_stages=cfg.fwd_stages,
+        WARP_SPECIALIZE=cfg.fwd_warp_specialize, num_warps=cfg.fwd_warps, num_stages=cfg.fwd_stages,
     )
     return out, lse
 
@@ -480,7 +501,8 @@ def _launch_bwd(do, q, k, v, out, lse, cu_q, cu_k, full_from, window, keep_first
         do.stride(0), do.stride(1), dk.stride(0), dk.stride(1), dv.stride(0), dv.stride(1),
         total_q, scale, scale * LOG2E, window, keep_first,
         GROUP=hq // hkv, HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_M=cfg.block_m1, BLOCK_N=cfg.block_n1,
-        DOT_PRECISION=precision, num_warps=cfg.bwd_warps, num_stages=cfg.bwd_stages,
+        DOT_PRECISION=precision, WARP_SPECIALIZE=cfg.bwd_warp_specialize, num_warps=cfg.bwd_warps,
+        num_stages=cfg.bwd_stages,
     )
     seq_q, tile_q = _tile_table(cu_q, cfg.block_m2, total_q)
     _bwd_dq_kernel[(hq, seq_q.numel())](
@@ -489,7 +511,8 @@ def _launch_bwd(do, q, k, v, out, lse, cu_q, cu_k, full_from, window, keep_first
         do.stride(0), do.stride(1), dq.stride(0), dq.stride(1),
         total_q, seq_q.numel(), scale, scale * LOG2E, window, keep_first,
         GROUP=hq // hkv, HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_M=cfg.block_m2, BLOCK_N=cfg.block_n2,
-        DOT_PRECISION=precision, num_warps=cfg.bwd_warps, num_stages=cfg.bwd_stages,
+        DOT_PRECISION=precision, WARP_SPECIALIZE=cfg.bwd_warp_specialize, num_warps=cfg.bwd_warps,
+        num_stages=cfg.bwd_stages,
     )
     return dq, dk, dv
 
@@ -545,6 +568,8 @@ def swaa_attn_varlen_triton(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, m
     window = UNBOUNDED if window is None else min(window, UNBOUNDED)
     keep_first = min(keep_first, UNBOUNDED)
     scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(q.shape[-1])
-    cfg = config or select_config(max(16, triton.next_power_of_2(q.shape[-1])))
+    if not scale > 0:
+        raise ValueError(f"softmax_scale must be positive for the Triton kernel, got {softmax_scale!r}")
+    cfg = config or select_config(max(16, triton.next_power_of_2(q.shape[-1])), q.dtype)
     return SWAAAttnFunction.apply(q, k, v, cu_seqlens_q.contiguous(), cu_seqlens_k.contiguous(),
                                   full_from, window, keep_first, float(scale), cfg)
