@@ -11,7 +11,7 @@ out=${1:?usage: bench_multi_gpu.sh OUT_DIR}
 base=${BASE:-/tmp/qwen3-4b-random}
 runs=${RUNS:-/tmp/swaa-bench}
 mkdir -p "$out" "$runs"
-bench=(python scripts/bench_multi_gpu.py)
+bench=(python3 scripts/bench_multi_gpu.py)
 [ -d "$base" ] || "${bench[@]}" make-base "$base" || exit 1
 common=(model.name_or_path=$base data.path=synthetic data.synthetic_rows=48 "data.synthetic_words=[1500,3000]"
   data.min_length=0 data.max_length=null training.max_length=8192 training.max_steps=5 training.logging_steps=1
@@ -32,10 +32,10 @@ run() {  # run NAME LAUNCHER...: one training run, its log and per-rank JSON und
 }
 
 extra=(training.per_device_train_batch_size=2)
-run 1gpu env CUDA_VISIBLE_DEVICES=0 python
+run 1gpu env CUDA_VISIBLE_DEVICES=0 python3
 extra=()
 for engine in ddp fsdp2 zero2 zero3; do
-  run $engine accelerate launch --config_file recipes/accelerate/$engine.yaml
+  run $engine python3 -m accelerate.commands.launch --config_file recipes/accelerate/$engine.yaml
 done
 "${bench[@]}" table "$out"/{1gpu,ddp,fsdp2,zero2,zero3}.json | tee "$out/engines.md"
 CUDA_VISIBLE_DEVICES=0 "${bench[@]}" reload "$base" "$out"/{1gpu,ddp,fsdp2,zero2,zero3}.json | tee "$out/reload.md"
@@ -45,6 +45,6 @@ for T in 131072 262144 524288; do
   words=$((T * 80 / 100))  # ~1.17 tokens a word: one document of ~0.94 T tokens per row
   extra=(data.synthetic_rows=4 "data.synthetic_words=[$words,$words]" training.max_length=$T training.max_steps=2
     training.save_steps=2 training.pad_to_multiple_of=2)
-  run sp_$T accelerate launch --config_file recipes/accelerate/sp.yaml || break
+  run sp_$T python3 -m accelerate.commands.launch --config_file recipes/accelerate/sp.yaml || break
 done
 "${bench[@]}" table "$out"/sp_*.json | tee "$out/sp.md"
