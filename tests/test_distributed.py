@@ -102,6 +102,7 @@ def _logged_losses(output_dir: Path, steps: int) -> list[float]:
     return [entry["loss"] for entry in state["log_history"] if "loss" in entry]
 
 
+@pytest.mark.slow
 def test_ddp_two_processes_match_one_process(tmp_path):
     ddp_dir, one_dir = tmp_path / "ddp", tmp_path / "one"
     # `accelerate launch --cpu` runs a single process (multi-CPU needs mpirun), so launch
@@ -207,6 +208,7 @@ def _sp_worker(rank: int, world: int, port: int, out_dir: str):
     Path(out_dir, f"rank{rank}.json").write_text(json.dumps(seen))
 
 
+@pytest.mark.slow
 def test_ulysses_sequence_parallel_sees_whole_rows(tmp_path):
     pytest.importorskip("deepspeed")
     import torch.multiprocessing as mp
