@@ -1,0 +1,44 @@
+"""Relative prefill cost of SWAA settings: attention pairs computed while reading the prompt,
+as a fraction of full causal attention over the same prompts.
+
+During prefill every query is a prompt token (`full_from` = prompt length), so FA decode
+costs nothing here; a sliding layer computes, for query i, the last `window` keys (itself
+included) plus the sink keys that lie before that window, and a full layer i + 1 keys. The
+counts are closed forms of the mask of DESIGN.md (swaa_attn.visible); tests check them
+against it. Attention pairs are what the kernel's tile skipping saves; the projections and
+MLPs cost the same under every setting.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from .config import SWAAConfig
+
+
+def causal_pairs(length: int) -> int:
+    """Pairs (i, j), j <= i < length: full causal attention over one sequence."""
+    return length * (length + 1) // 2
+
+
+def sliding_pairs(length: int, window: int | None, keep_first: int = 0) -> int:
+    """Pairs visible in one sliding layer over a `length`-token prompt (full causal if window is None)."""
+    if window is None or window >= length:
+        return causal_pairs(length)
+    band = causal_pairs(window) + (length - window) * window  # min(i + 1, window) summed over i
+    # Query i >= window also sees sinks j < keep_first with j <= i - window: min(keep_first, i - window + 1).
+    beyond = length - window
+    sinks = causal_pairs(beyond) if beyond <= keep_first else causal_pairs(keep_first) + (beyond - keep_first) * keep_first
+    return band + sinks
+
+
+def prefill_pairs(length: int, swaa: SWAAConfig, num_layers: int) -> int:
+    """Pairs computed over all `num_layers` layers while prefilling one prompt."""
+    return sum(sliding_pairs(length, swaa.layer_window(i), swaa.keep_first) for i in range(num_layers))
+
+
+def relative_prefill_cost(lengths: Iterable[int], swaa: SWAAConfig, num_layers: int) -> float:
+    """Pairs computed over the prompts of `lengths`, as a fraction of full causal attention."""
+    lengths = list(lengths)
+    full = num_layers * sum(causal_pairs(n) for n in lengths)
+    return sum(prefill_pairs(n, swaa, num_layers) for n in lengths) / full if full else 1.0
