@@ -222,7 +222,51 @@ class ExportArgs:
     model_card: bool = field(default=True, metadata={"help": "Write a README.md model card beside the adapter."})
 
 
-SECTIONS = ("model", "swaa", "lora", "data", "training", "export")
+@dataclass
+class MemoryArgs:
+    """Long-sequence memory techniques (swaa_train/memory.py). Each is exact: same loss, same gradients."""
+
+    liger_kernel: bool | str = field(
+        default="auto",
+        metadata={
+            "help": "Liger's fused RMSNorm, SwiGLU and RoPE kernels, through TRL's training.use_liger_kernel. "
+            "auto: on with CUDA and liger-kernel installed; true: on (error if it cannot run); false: leave "
+            "training.use_liger_kernel as it is."
+        },
+    )
+    activation_offloading: bool | str = field(
+        default="auto",
+        metadata={
+            "help": "Keep each checkpointed layer's input in pinned CPU memory (TRL's training.activation_offloading). "
+            "auto: on with CUDA and gradient checkpointing; true: on; false: leave training.activation_offloading."
+        },
+    )
+    mlp_tile_tokens: int | None = field(
+        default=None,
+        metadata={
+            "help": "Run the MLP of sequences longer than this many tokens in tiles of this size, each recomputed "
+            "in the backward, so its intermediate activations never exist for the whole sequence; null = off "
+            "(the default: the extra MLP forward costs ~9% of a step, so turn it on only to fit a longer T)."
+        },
+    )
+    expandable_segments: bool = field(
+        default=True,
+        metadata={"help": "PyTorch's expandable-segments CUDA allocator, against fragmentation at long sequences."},
+    )
+
+    def __post_init__(self):
+        for name in ("liger_kernel", "activation_offloading"):
+            value = getattr(self, name)
+            if not isinstance(value, bool) and value != "auto":
+                raise ValueError(f"memory.{name} must be true, false or auto, got {value!r}")
+        tile = self.mlp_tile_tokens
+        if tile is not None and (not _is_int(tile) or tile <= 0):
+            raise ValueError(f"memory.mlp_tile_tokens must be a positive int or null, got {tile!r}")
+        if not isinstance(self.expandable_segments, bool):
+            raise ValueError(f"memory.expandable_segments must be true or false, got {self.expandable_segments!r}")
+
+
+SECTIONS = ("model", "swaa", "lora", "data", "training", "export", "memory")
 
 
 @dataclass
@@ -235,6 +279,7 @@ class Recipe:
     data: DataArgs
     training: Any  # trl.SFTConfig
     export: ExportArgs = field(default_factory=ExportArgs)
+    memory: MemoryArgs = field(default_factory=MemoryArgs)
     name: str = "custom"
 
 
@@ -304,6 +349,7 @@ def build_recipe(raw: dict, name: str = "custom") -> Recipe:
         data=_section(DataArgs, raw, "data"),
         training=_section(SFTConfig, raw, "training"),
         export=_section(ExportArgs, raw, "export"),
+        memory=_section(MemoryArgs, raw, "memory"),
         name=name,
     )
 

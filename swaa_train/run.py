@@ -9,6 +9,7 @@ from transformers.utils import logging
 
 from .config import DataArgs, Recipe, load_recipe
 from .data import build_sft_dataset, load_rows
+from .memory import MemoryCallback, configure_training
 from .model import load_model, load_tokenizer
 from .trainer import SWAATrainer, lora_config
 
@@ -39,6 +40,7 @@ def save_random_base(model, tokenizer, output_dir: str) -> str:
 
 def build_trainer(recipe: Recipe, raw: dict | None = None) -> SWAATrainer:
     set_seed(recipe.training.seed)
+    configure_training(recipe.memory, recipe.training)
     tokenizer = load_tokenizer(recipe.model)
     model = load_model(recipe.model, recipe.swaa)
     logger.info("SWAA attention: %s", recipe.swaa.describe())
@@ -53,11 +55,13 @@ def build_trainer(recipe: Recipe, raw: dict | None = None) -> SWAATrainer:
             max_samples=data.max_samples,
         )
     logger.info("Training on %d samples", len(dataset))
-    return SWAATrainer(
+    trainer = SWAATrainer(
         model=model, args=recipe.training, train_dataset=dataset, processing_class=tokenizer,
         peft_config=lora_config(recipe.lora), swaa_config=recipe.swaa, base_model=base_model,
         recipe_name=recipe.name, recipe_raw=raw,
     )
+    trainer.add_callback(MemoryCallback(recipe.memory))
+    return trainer
 
 
 def run_training(recipe_name: str, overrides: list[str] | None = None) -> SWAATrainer:
