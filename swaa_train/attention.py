@@ -123,6 +123,9 @@ def swaa_attention_forward(
     if dropout and module.training:
         raise ValueError(f"SWAA attention has no attention dropout; got dropout={dropout}")
     window, keep_first, fa_decode = layer_settings(module)
+    # Under autocast the normed q/k of an fp32 model stay fp32 while v comes out of a linear
+    # in the autocast dtype; the kernel takes one dtype, that of v.
+    query, key = query.to(value.dtype), key.to(value.dtype)
     q, k, v, cu_q, cu_k, max_q, max_k, scatter_back = _to_varlen(
         query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2), attention_mask, kwargs
     )

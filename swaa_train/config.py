@@ -195,6 +195,7 @@ class DataArgs:
     judge_filter: bool = field(default=True, metadata={"help": "fusang_long: keep only rows with judge == 1."})
     system_prompt: str | None = field(default=None, metadata={"help": "Optional system message for every sample."})
     max_samples: int | None = field(default=None, metadata={"help": "Use at most this many rows."})
+    num_proc: int | None = field(default=None, metadata={"help": "Processes that tokenize the rows."})
     synthetic_rows: int = field(default=64, metadata={"help": "path: synthetic: number of generated rows."})
     synthetic_words: list[int] = field(
         default_factory=lambda: [300, 600], metadata={"help": "path: synthetic: [min, max] prompt length in words."}

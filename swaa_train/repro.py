@@ -54,28 +54,10 @@ def train_adapter(recipe_path: str, overrides: list[str] | None = None, time_bud
                   num_proc: int | None = None):
     """run.py's training run, with the rows tokenized in `num_proc` processes and an optional
     wall-clock budget; returns the trainer (adapter + swaa_config.json saved in output_dir)."""
-    from transformers import set_seed
+    from .run import build_trainer
 
-    from .data import build_sft_dataset
-    from .model import load_model, load_tokenizer
-    from .run import load_training_rows
-    from .trainer import SWAATrainer, lora_config
-
-    recipe, raw = load_recipe(recipe_path, overrides)
-    set_seed(recipe.training.seed)
-    tokenizer = load_tokenizer(recipe.model)
-    model = load_model(recipe.model, recipe.swaa)
-    data = recipe.data
-    dataset = build_sft_dataset(
-        load_training_rows(data), tokenizer, format=data.format, min_length=data.min_length,
-        max_length=data.max_length, judge_filter=data.judge_filter, system_prompt=data.system_prompt,
-        max_samples=data.max_samples, num_proc=num_proc,
-    )
-    trainer = SWAATrainer(
-        model=model, args=recipe.training, train_dataset=dataset, processing_class=tokenizer,
-        peft_config=lora_config(recipe.lora), swaa_config=recipe.swaa, base_model=recipe.model.name_or_path,
-        recipe_name=recipe.name, recipe_raw=raw,
-    )
+    recipe, raw = load_recipe(recipe_path, [*(overrides or []), f"data.num_proc={num_proc or 'null'}"])
+    trainer = build_trainer(recipe, raw)
     if time_budget_s:
         trainer.add_callback(TimeBudget(time_budget_s))
     trainer.train()

@@ -5,6 +5,7 @@ from __future__ import annotations
 from accelerate import PartialState
 from datasets import Dataset
 from transformers import set_seed
+from transformers.integrations import is_deepspeed_zero3_enabled
 from transformers.utils import logging
 
 from .config import DataArgs, Recipe, load_recipe
@@ -32,6 +33,9 @@ def load_training_rows(args: DataArgs) -> Dataset:
 def save_random_base(model, tokenizer, output_dir: str) -> str:
     """A random-init base exists nowhere else: keep it beside the adapter so the run can be reloaded."""
     path = f"{output_dir}/base-model"
+    if is_deepspeed_zero3_enabled():  # its weights are already sharded: saving would write empty tensors
+        logger.warning("ZeRO-3: the random-init base is not saved beside the adapter")
+        return path
     if PartialState().is_main_process:
         model.save_pretrained(path)
         tokenizer.save_pretrained(path)
@@ -52,7 +56,7 @@ def build_trainer(recipe: Recipe, raw: dict | None = None) -> SWAATrainer:
         dataset = build_sft_dataset(
             load_training_rows(data), tokenizer, format=data.format, min_length=data.min_length,
             max_length=data.max_length, judge_filter=data.judge_filter, system_prompt=data.system_prompt,
-            max_samples=data.max_samples,
+            max_samples=data.max_samples, num_proc=data.num_proc,
         )
     logger.info("Training on %d samples", len(dataset))
     trainer = SWAATrainer(
@@ -78,5 +82,5 @@ def run_recipe(recipe: Recipe, raw: dict | None = None) -> SWAATrainer:
     if recipe.export.merge:
         from .export import merge_adapter
 
-        merge_adapter(recipe.training.output_dir, f"{recipe.training.output_dir}/merged")
+        merge_adapter(recipe.training.output_dir, f"{recipe.training.output_dir}/merged", overwrite=True)
     return trainer

@@ -9,7 +9,7 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from swaa_attn import visible
-from swaa_train.attention import apply_swaa, check_supported
+from swaa_train.attention import apply_swaa, check_supported, swaa_attention_forward
 from swaa_train.config import SWAAConfig
 
 DENSE = "dense_swaa_test"
@@ -132,3 +132,15 @@ def test_model_outside_attention_interface_is_refused():
 def test_layer_index_out_of_range_is_refused():
     with pytest.raises(ValueError, match="non_sliding_layers.*out of range"):
         apply_swaa(tiny_model("qwen3"), SWAAConfig(sliding_window_size=4, non_sliding_layers=[7]))
+
+
+def test_mixed_dtypes_from_autocast_run_in_the_dtype_of_v():
+    """Under autocast an fp32 model's normed q/k stay fp32 while v is bf16."""
+    model = apply_swaa(tiny_model("qwen3"), SWAAConfig(sliding_window_size=5, keep_first=1))
+    module = model.model.layers[0].self_attn
+    g = torch.Generator().manual_seed(2)
+    q, k, v = (torch.randn(1, heads, 24, 16, generator=g) for heads in (4, 2, 2))
+    expected, _ = swaa_attention_forward(module, q.bfloat16(), k.bfloat16(), v.bfloat16(), None, scaling=0.25)
+    got, _ = swaa_attention_forward(module, q, k, v.bfloat16(), None, scaling=0.25)
+    assert got.dtype == torch.bfloat16
+    torch.testing.assert_close(got, expected)
