@@ -73,6 +73,15 @@ def push_main(argv: list[str]) -> None:
         print(plan.describe())
 
 
+def add_generation_args(parser: argparse.ArgumentParser, max_new_tokens: int) -> None:
+    """The options eval and distill share: how many rows, and how the model generates."""
+    parser.add_argument("--limit", type=int, default=None, help="use the first N rows only")
+    parser.add_argument("--max-new-tokens", type=int, default=max_new_tokens)
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--dtype", default="auto", help="auto, bfloat16, float16 or float32")
+    parser.add_argument("--device", default=None, help="e.g. cuda; default: where the model loads")
+
+
 def eval_main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(
         prog="swaa-train eval", description="Long-context QA accuracy under several SWAA settings, in one run."
@@ -82,11 +91,7 @@ def eval_main(argv: list[str]) -> None:
     parser.add_argument("--data", required=True, help="parquet/json(l) with prompt (or context+question) and answer")
     parser.add_argument("--out", required=True, help="output directory: samples.jsonl, results.json, results.md")
     parser.add_argument("--settings", default=None, help="YAML/JSON list of {name, swaa, adapter}; default: the ladder")
-    parser.add_argument("--limit", type=int, default=None, help="evaluate the first N rows only")
-    parser.add_argument("--max-new-tokens", type=int, default=32)
-    parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--dtype", default="auto")
-    parser.add_argument("--device", default=None)
+    add_generation_args(parser, max_new_tokens=32)
     args = parser.parse_args(argv)
     from .evaluate import format_table, load_settings, run_evaluation
 
@@ -106,11 +111,7 @@ def distill_main(argv: list[str]) -> None:
     parser.add_argument("--data", required=True, help="fusang_long-style rows: prompt, question, answer")
     parser.add_argument("--out", required=True, help="parquet to write (prompt/response/judge + the input columns)")
     parser.add_argument("--judge-model", default=None, help="judge model asked yes/no (default: answer match)")
-    parser.add_argument("--limit", type=int, default=None)
-    parser.add_argument("--max-new-tokens", type=int, default=256)
-    parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--dtype", default="auto")
-    parser.add_argument("--device", default=None)
+    add_generation_args(parser, max_new_tokens=256)
     args = parser.parse_args(argv)
     from .distill import run_self_distill
 
