@@ -113,14 +113,14 @@ Run the model with these settings: the adapter was trained under this exact mask
 from swaa_train.inference import load_swaa_model
 model, tokenizer = load_swaa_model("{base_model}", adapter="<this repo or directory>")
 ```
-or with plain PEFT, then switch attention to SWAA with the saved config:
+or with plain PEFT, on a base switched to SWAA attention with the saved config:
 ```python
 from peft import PeftModel
 from transformers import AutoModelForCausalLM
 from swaa_train.attention import apply_swaa
 from swaa_train.config import SWAAConfig
-base = AutoModelForCausalLM.from_pretrained("{base_model}")
-model = apply_swaa(PeftModel.from_pretrained(base, "<this repo or directory>"), SWAAConfig.load("<dir>"))
+base = apply_swaa(AutoModelForCausalLM.from_pretrained("{base_model}"), SWAAConfig.load("<this directory>"))
+model = PeftModel.from_pretrained(base, "<this repo or directory>")
 ```
 
 ## Recipe `{recipe_name}`
