@@ -8,8 +8,12 @@ fp32 weights, AdamW. Documents are question rows (the chat template of data.py; 
 tokens get their own loss term, so a handful of answer tokens per row are not drowned by
 thousands of passage tokens) and language-model text (next-token loss on every token).
 
-Length curriculum: the first `short_fraction` of the run packs short questions (retrieval
-is learnt fastest where a step holds many of them), the rest the long ones. The run stops
+Length curriculum: the first `short_fraction` of the run packs short questions and look-up
+drills (facts with no filler, then all restated: repro_data.make_drill_texts), the rest the
+long questions and text. On CPU, without the drills (short filler text instead) a toy model
+never left the copy-the-question plateau; with drills of 1-8 facts it starts to look values
+up (docs/adaptation.md, "CPU study"). With `eval_every`, the log also holds the teacher-forced
+exact-answer share on held-out short questions (eval_short.parquet): the signal to watch. The run stops
 at `max_steps` or after `time_budget_s` of wall-clock time, whichever comes first; the
 learning-rate schedule follows whichever of the two is further along.
 """
@@ -48,6 +52,7 @@ class PretrainArgs:
     num_kv_heads: int = field(default=2, metadata={"help": "Key/value heads (GQA)."})
     intermediate_size: int = field(default=1536, metadata={"help": "MLP width."})
     rope_theta: float = field(default=100000.0, metadata={"help": "RoPE base."})
+    tie_embeddings: bool = field(default=False, metadata={"help": "Tie the input embedding and the LM head."})
     tokens_per_step: int = field(default=32768, metadata={"help": "Tokens in one packed row (one step)."})
     learning_rate: float = field(default=2e-3, metadata={"help": "Peak AdamW learning rate."})
     warmup_steps: int = field(default=100, metadata={"help": "Linear warm-up steps."})
@@ -57,6 +62,8 @@ class PretrainArgs:
     lm_weight: float = field(default=0.5, metadata={"help": "Weight of the next-token loss beside the answer loss."})
     num_workers: int = field(default=8, metadata={"help": "Tokenizing data-loader processes (0: in-process)."})
     log_every: int = field(default=25, metadata={"help": "Steps between log lines."})
+    eval_every: int = field(default=100, metadata={"help": "Steps between held-out checks (eval_short.parquet; 0: none)."})
+    eval_rows: int = field(default=100, metadata={"help": "Held-out questions per check."})
     seed: int = field(default=0, metadata={"help": "Seed of the weights and of the document order."})
     device: str | None = field(default=None, metadata={"help": "cuda or cpu (default: cuda if available)."})
 
@@ -72,7 +79,7 @@ def model_config(args: PretrainArgs, tokenizer) -> Qwen3Config:
         vocab_size=len(tokenizer), hidden_size=args.hidden_size, intermediate_size=args.intermediate_size,
         num_hidden_layers=args.num_layers, num_attention_heads=args.num_heads, num_key_value_heads=args.num_kv_heads,
         head_dim=args.hidden_size // args.num_heads, max_position_embeddings=32768, rope_theta=args.rope_theta,
-        tie_word_embeddings=True, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+        tie_word_embeddings=args.tie_embeddings, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
         bos_token_id=None,
     )
 
@@ -186,6 +193,26 @@ def answer_accuracy(correct: torch.Tensor, answer: torch.Tensor, lengths: torch.
     }
 
 
+@torch.no_grad()
+def heldout_exact(model, tokenizer, docs: list[dict], device, tokens_per_step: int) -> dict:
+    """Teacher-forced share of held-out question rows whose whole answer is predicted right, and the
+    answer-token accuracy (averaged over packed rows), in one pass over `docs`."""
+    was_training = model.training
+    model.eval()
+    stream = PackedDocuments(docs, tokenizer, tokens_per_step, seed=0)
+    exact = token = 0.0
+    batches, seen = iter(stream), 0
+    while seen < len(docs):
+        batch = next(batches)
+        n = int(batch["lengths"].numel())
+        _, stats = packed_loss(model, batch, 0.0, device)
+        exact += float(stats["question_exact"]) * n
+        token += float(stats["answer_token_acc"]) * n
+        seen += n
+    model.train(was_training)
+    return {"heldout_exact": round(exact / seen, 4), "heldout_token_acc": round(token / seen, 4)}
+
+
 def lr_at(progress: float, step: int, args: PretrainArgs) -> float:
     warmup = min(1.0, (step + 1) / max(args.warmup_steps, 1))
     return args.learning_rate * warmup * (0.1 + 0.45 * (1 + math.cos(math.pi * min(progress, 1.0))))
@@ -234,9 +261,14 @@ def pretrain(args: PretrainArgs) -> dict:
         lr=args.learning_rate, betas=(0.9, 0.95), fused=device.type == "cuda",
     )
     data = Path(args.data_dir)
-    phases = [read_docs(data / "train_short.parquet") + read_docs(data / "lm_short.parquet"),
+    # Short phase: short questions + look-up drills (lm_short, filler text, only where no drills were written).
+    drill = data / "drill.parquet" if (data / "drill.parquet").is_file() else data / "lm_short.parquet"
+    phases = [read_docs(data / "train_short.parquet") + read_docs(drill),
               read_docs(data / "train.parquet") + read_docs(data / "lm.parquet")]
     streams = [loader(docs, tokenizer, args, seed=args.seed * 10 + k) for k, docs in enumerate(phases)]
+    heldout = []
+    if args.eval_every and (data / "eval_short.parquet").is_file():
+        heldout = read_docs(data / "eval_short.parquet")[: args.eval_rows]
     log_path = out / "pretrain_log.jsonl"
     start, step, tokens, log = time.monotonic(), 0, 0, open(log_path, "w")
     while step < args.max_steps:
@@ -253,10 +285,13 @@ def pretrain(args: PretrainArgs) -> dict:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         step, tokens = step + 1, tokens + batch["input_ids"].numel()
-        if step % args.log_every == 0 or step == 1:
+        check = bool(heldout) and step % args.eval_every == 0
+        if step % args.log_every == 0 or step == 1 or check:
             record = {"step": step, "phase": phase, "elapsed_s": round(time.monotonic() - start, 1),
                       "tokens": tokens, "lr": optimizer.param_groups[0]["lr"],
                       **{k: round(float(v), 4) for k, v in stats.items()}}
+            if check or (heldout and step == 1):
+                record.update(heldout_exact(model, tokenizer, heldout, device, args.tokens_per_step))
             log.write(json.dumps(record) + "\n")
             log.flush()
             logger.info("pretrain %s", record)

@@ -154,6 +154,22 @@ def make_lm_texts(
     return docs
 
 
+def make_drill_texts(num_docs: int, *, seed: int = 0, split: str = "train", min_facts: int = 1, max_facts: int = 8,
+                     **_ignored) -> list[dict]:
+    """`num_docs` look-up drills: facts with no filler, then all of them restated in another order
+    after RECALL_HEADER (`recall_from` as in make_lm_texts). Every restated value is one look-up
+    in a short context, so the copy circuit is learnt here first (measured on CPU, docs/adaptation.md)."""
+    rng = random.Random(f"swaa-repro-drill/{split}/{seed}")
+    docs = []
+    for _ in range(num_docs):
+        count = rng.randint(min_facts, max_facts)
+        facts = _distractors(rng, _entities(rng, split, 2 * count), count)
+        text = " ".join(f.sentence() for f in facts) + f"\n\n{RECALL_HEADER}"
+        docs.append({"text": text + " " + " ".join(f.sentence() for f in rng.sample(facts, len(facts))),
+                     "recall_from": len(text)})
+    return docs
+
+
 def _repeat_sentences(rng: random.Random, sentences: list[str], keep: set[int], fraction: float) -> None:
     """Replace `fraction` of the filler sentences of the second half by copies of earlier filler."""
     half = len(sentences) // 2
@@ -173,6 +189,8 @@ def _shard(job: tuple) -> list[dict]:
     kind, count, seed, kwargs = job
     if kind == "lm":
         return make_lm_texts(count, seed=seed, **kwargs)
+    if kind == "drill":
+        return make_drill_texts(count, seed=seed, **kwargs)
     return make_question_rows(count, seed=seed, **kwargs)
 
 
@@ -198,17 +216,19 @@ DATASETS = {
     "lm_short": ("lm", "train", 3, True),
     "lm": ("lm", "train", 5, False),
     "eval": ("qa", "eval", 4, False),
+    "eval_short": ("qa", "eval", 6, True),
+    "drill": ("drill", "train", 7, True),  # held-out check during pretraining
 }
 
 
 def write_repro_data(
     out_dir: str | Path, counts: dict[str, int], *, min_tokens: int = 2048, max_tokens: int = 16384,
-    short_tokens: tuple[int, int] = (128, 1024), workers: int | None = None,
+    short_tokens: tuple[int, int] = (64, 256), workers: int | None = None,
 ) -> dict[str, Path]:
     """Write out_dir/NAME.parquet with `counts[NAME]` rows for each NAME of DATASETS.
 
     train/eval: questions (eval: over the eval entities); lm: text; *_short: the same kinds,
-    shorter. Returns the paths.
+    shorter; drill: look-up drills (make_drill_texts), no filler. Returns the paths.
     """
     unknown = sorted(set(counts) - set(DATASETS))
     if unknown:

@@ -17,7 +17,7 @@ from swaa_train.config import SWAAConfig
 from swaa_train.demo_assets import TINY_QWEN3_DIR
 from swaa_train.prefill_cost import prefill_pairs, relative_prefill_cost, sliding_pairs
 from swaa_train.repro_data import (
-    LINK_ATTRIBUTE, RECALL_HEADER, make_lm_texts, make_question_rows, write_repro_data,
+    LINK_ATTRIBUTE, RECALL_HEADER, make_drill_texts, make_lm_texts, make_question_rows, write_repro_data,
 )
 from swaa_train.synthetic import split_entities
 
@@ -101,6 +101,14 @@ def test_lm_text_restates_its_facts():
         assert facts_in(recall) == facts_in(passage) and facts_in(recall)
 
 
+def test_drills_restate_their_facts_without_filler():
+    for doc in make_drill_texts(5, seed=0, min_facts=3, max_facts=8):
+        passage, _, recall = doc["text"].partition(f"\n\n{RECALL_HEADER} ")
+        assert doc["text"][doc["recall_from"]:] == " " + recall
+        assert facts_in(recall) == facts_in(passage) and 3 <= len(facts_in(passage)) <= 8
+        assert not FACT.sub("", passage).strip()  # nothing but facts before the recall
+
+
 def test_parallel_shards_match_a_single_process(tmp_path):
     counts = {"train": 3, "eval": 2}
     one = write_repro_data(tmp_path / "a", counts, min_tokens=256, max_tokens=384, workers=0)
@@ -146,14 +154,15 @@ def test_stages_end_to_end_on_cpu(tmp_path, monkeypatch):
 
     monkeypatch.chdir(tmp_path)
     data = tmp_path / "data"
-    counts = {"train": 6, "train_short": 6, "lm": 2, "lm_short": 2, "eval": 3}
+    counts = {"train": 6, "train_short": 6, "lm": 2, "lm_short": 2, "eval": 3, "drill": 4, "eval_short": 2}
     write_repro_data(data, counts, min_tokens=96, max_tokens=160, short_tokens=(64, 96), workers=0)
     summary = pretrain(PretrainArgs(
         data_dir=str(data), out_dir=str(tmp_path / "base"), tokenizer=str(TINY_QWEN3_DIR), hidden_size=32,
         num_layers=2, num_heads=2, num_kv_heads=1, intermediate_size=64, tokens_per_step=256, max_steps=2,
         warmup_steps=1, num_workers=0, short_fraction=0.5, device="cpu",
     ))
-    assert summary["steps"] == 2 and json.loads((tmp_path / "base" / "pretrain_log.jsonl").read_text().splitlines()[0])
+    first = json.loads((tmp_path / "base" / "pretrain_log.jsonl").read_text().splitlines()[0])
+    assert summary["steps"] == 2 and 0.0 <= first["heldout_exact"] <= 1.0
     recipe = "scripts/repro/lora.yaml"
     overrides = [
         f"model.name_or_path={tmp_path / 'base'}", "model.dtype=float32", "swaa.sliding_window_size=32",
