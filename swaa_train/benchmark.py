@@ -16,7 +16,6 @@ others; a cell whose predicted step time exceeds the limit is skipped, not run.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import gc
 import json
@@ -29,6 +28,8 @@ from datasets import Dataset
 from transformers import AttentionInterface, Qwen3Config, TrainerCallback
 from transformers.masking_utils import AttentionMaskInterface, flash_attention_mask
 from transformers.utils import logging
+
+from swaa_attn.dense import full_causal_varlen
 
 from .attention import apply_swaa
 from .config import MemoryArgs, ModelArgs, SWAAConfig, load_recipe
@@ -78,22 +79,18 @@ SDPA_OPTIONS = {"repeat_kv": True}  # k/v repeated to all heads: cuDNN then runs
 
 
 def sdpa_varlen_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
-    """Full causal attention through torch SDPA, one call per document of the packed row (B = 1).
+    """Full causal attention through torch SDPA (cuDNN first), one call per document of the packed row (B = 1).
 
     The baseline the SWAA kernel is measured against: no T x T mask, FlashAttention/cuDNN kernels.
+    The same function runs the recipe's full-attention layers on CUDA (swaa_attn.dense).
     """
     cu = kwargs.get("cu_seq_lens_q")
-    bounds = cu.tolist() if cu is not None else [0, query.shape[2]]
-    groups = query.shape[1] // key.shape[1]
-    if groups > 1 and SDPA_OPTIONS["repeat_kv"]:
-        key, value = key.repeat_interleave(groups, 1), value.repeat_interleave(groups, 1)
-    gqa = {"enable_gqa": True} if key.shape[1] != query.shape[1] else {}
-    outs = [
-        torch.nn.functional.scaled_dot_product_attention(
-            query[:, :, s:e], key[:, :, s:e], value[:, :, s:e], is_causal=True, scale=scaling, **gqa)
-        for s, e in zip(bounds[:-1], bounds[1:])
-    ]
-    return torch.cat(outs, dim=2).transpose(1, 2), None
+    if cu is None:
+        cu = torch.tensor([0, query.shape[2]], dtype=torch.int32)
+    tokens_first = lambda t: t[0].transpose(0, 1)  # noqa: E731  (B=1, H, S, D) -> (S, H, D)
+    out = full_causal_varlen(tokens_first(query), tokens_first(key), tokens_first(value), cu, scaling,
+                             repeat_kv=SDPA_OPTIONS["repeat_kv"])
+    return out[None], None
 
 
 def set_attention(model, swaa: SWAAConfig | None) -> None:
@@ -308,17 +305,6 @@ class Cell:
         return self.tokens / self.step_s if self.ok else float("nan")
 
 
-def sdpa_priority(device: str):
-    """The SDPA backends in the order the baseline prefers them (cuDNN is the fastest on Hopper)."""
-    if device == "cpu":
-        return contextlib.nullcontext()
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
-    order = [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION,
-             SDPBackend.MATH]
-    return sdpa_kernel(order, set_priority=True)
-
-
 def run_cell(setup: BenchSetup, cell: Cell, warmup: int, doc_tokens: int | None, supervised: int) -> Cell:
     """Train warmup + 1 steps of `cell`'s setting; fill in the last step's time, peak memory and profile."""
     trainer = setup.trainer(cell.technique)
@@ -332,8 +318,7 @@ def run_cell(setup: BenchSetup, cell: Cell, warmup: int, doc_tokens: int | None,
     trainer.add_callback(recorder)
     oom = False
     try:
-        with sdpa_priority(setup.device):
-            trainer.train()
+        trainer.train()
     except torch.OutOfMemoryError:
         oom = True
     finally:

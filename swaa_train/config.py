@@ -254,9 +254,18 @@ class MemoryArgs:
         default=True,
         metadata={"help": "PyTorch's expandable-segments CUDA allocator, against fragmentation at long sequences."},
     )
+    lora_input_upcast: bool | str = field(
+        default="auto",
+        metadata={
+            "help": "PEFT copies each LoRA layer's input to the adapter's float32. Under bf16/fp16 mixed precision "
+            "autocast casts it straight back before the matmul, so the copy is wasted time and memory traffic. "
+            "auto: skip it under mixed precision, keep it otherwise; true: always copy (PEFT's default); false: "
+            "never (needs mixed precision when the adapter and base dtypes differ)."
+        },
+    )
 
     def __post_init__(self):
-        for name in ("liger_kernel", "activation_offloading"):
+        for name in ("liger_kernel", "activation_offloading", "lora_input_upcast"):
             value = getattr(self, name)
             if not isinstance(value, bool) and value != "auto":
                 raise ValueError(f"memory.{name} must be true, false or auto, got {value!r}")

@@ -42,6 +42,12 @@ def triton_backend():
 
 
 @pytest.fixture(autouse=True)
+def triton_for_full_layers(monkeypatch):
+    """Full-attention calls (window None) go to SDPA on CUDA by default; these tests are about the kernel."""
+    monkeypatch.setenv("SWAA_ATTN_FULL_BACKEND", "triton")
+
+
+@pytest.fixture(autouse=True)
 def nan_poisoned_outputs(monkeypatch):
     """Every floating tensor from torch.empty / empty_like starts as NaN (the kernel's outputs)."""
     real_empty, real_empty_like = torch.empty, torch.empty_like
@@ -250,6 +256,52 @@ def test_queries_beyond_keys_rejected():
 
 
 # ---------------------------------------------------------------------------------------------
+# Full-attention layers through SDPA (swaa_attn.dense)
+# ---------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def sdpa_calls(monkeypatch):
+    """Counts the calls that take the SDPA route."""
+    from swaa_attn import dense
+
+    calls, real = [], dense.full_causal_varlen
+    monkeypatch.setattr(dense, "full_causal_varlen", lambda *a, **kw: calls.append(a[3].tolist()) or real(*a, **kw))
+    return calls
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("lens, hkv", [([13, 5, 22], 2), ([40], 1), ([7, 0, 9], 4)])
+def test_full_layers_through_sdpa(monkeypatch, sdpa_calls, dtype, lens, hkv):
+    monkeypatch.setenv("SWAA_ATTN_FULL_BACKEND", "sdpa")
+    run_and_compare(lens, lens, hq=4, hkv=hkv, head_dim=32, dtype=dtype, softmax_scale=0.2)
+    assert sdpa_calls == [_cu(lens).tolist()]
+
+
+@pytest.mark.parametrize("backend, call, routed", [
+    ("sdpa", dict(), True),
+    ("sdpa", dict(window=8), False),  # a sliding-window layer
+    ("sdpa", dict(lens_k=[20, 20]), False),  # fewer queries than keys (decoding against a cache)
+    ("sdpa", dict(lens_q=[3] * 17, lens_k=[3] * 17), False),  # too many sequences for one launch each
+    ("triton", dict(), False),
+    ("auto", dict(), HAS_CUDA),
+])
+def test_which_calls_take_the_sdpa_route(monkeypatch, sdpa_calls, backend, call, routed):
+    monkeypatch.setenv("SWAA_ATTN_FULL_BACKEND", backend)
+    lens_q, lens_k = call.get("lens_q", [10, 20]), call.get("lens_k", [10, 20])
+    q = torch.randn(sum(lens_q), 2, 16, device=DEVICE)
+    k = v = torch.randn(sum(lens_k), 2, 16, device=DEVICE)
+    swaa_attn_varlen_func(q, k, v, _cu(lens_q), _cu(lens_k), max(lens_q), max(lens_k), window=call.get("window"))
+    assert bool(sdpa_calls) == routed
+
+
+def test_full_backend_setting_is_checked(monkeypatch):
+    monkeypatch.setenv("SWAA_ATTN_FULL_BACKEND", "cudnn")
+    q = torch.randn(4, 1, 16, device=DEVICE)
+    with pytest.raises(ValueError, match="SWAA_ATTN_FULL_BACKEND"):
+        swaa_attn_varlen_func(q, q, q, _cu([4]), _cu([4]), 4, 4)
+
+
+# ---------------------------------------------------------------------------------------------
 # Real sizes on the GPU
 # ---------------------------------------------------------------------------------------------
 
@@ -276,3 +328,13 @@ gpu = pytest.mark.skipif(not HAS_CUDA, reason="needs CUDA")
 ], ids=["32k", "8x4k", "uneven-d64-fp16", "chunked-prefill", "full-16k-fp32"])
 def test_real_sizes(case):
     run_and_compare(**case)
+
+
+@pytest.mark.gpu
+@gpu
+def test_real_size_full_layer_through_sdpa(monkeypatch, sdpa_calls):
+    """The recipe's full-attention layers on CUDA: one 32k document and a pack of three, bf16, GQA 4."""
+    monkeypatch.setenv("SWAA_ATTN_FULL_BACKEND", "auto")
+    run_and_compare([32768], [32768], hq=8, hkv=2, head_dim=128, dtype=torch.bfloat16)
+    run_and_compare([9000, 3000, 4096], [9000, 3000, 4096], hq=8, hkv=2, head_dim=128, dtype=torch.bfloat16)
+    assert len(sdpa_calls) == 2

@@ -1,9 +1,10 @@
-"""Public entry point: picks the Triton kernel or the reference.
+"""Public entry point: picks the Triton kernel, SDPA or the reference.
 
 The Triton kernel runs on CUDA tensors, and on CPU tensors when TRITON_INTERPRET=1 (tests);
-everything else goes to the PyTorch reference. The kernel module is imported on first use:
-Triton reads TRITON_INTERPRET when the kernels are defined, and CPU-only callers never pay
-for importing Triton.
+everything else goes to the PyTorch reference. On CUDA, full-attention layers over a few
+whole sequences go to torch SDPA's fused kernels instead (dense.py says when and why).
+The kernel module is imported on first use: Triton reads TRITON_INTERPRET when the kernels
+are defined, and CPU-only callers never pay for importing Triton.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import os
 
 import torch
 
+from . import dense
+from .checks import check_varlen_args
 from .naive import swaa_attn_varlen_ref
 
 
@@ -39,6 +42,10 @@ def swaa_attn_varlen_func(
     (batch + 1,); full_from: int (batch,) or None. Returns (total_q, Hq, D), differentiable
     in q, k and v.
     """
+    if dense.wanted(q, cu_seqlens_q, cu_seqlens_k, window):
+        check_varlen_args(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
+                          window=None, keep_first=keep_first, full_from=full_from)
+        return dense.full_causal_varlen(q, k, v, cu_seqlens_q, softmax_scale)
     kwargs = dict(window=window, keep_first=keep_first, full_from=full_from, softmax_scale=softmax_scale)
     if _use_triton(q):
         from .ops import swaa_attn_varlen_triton
