@@ -12,7 +12,7 @@ base=${BASE:-/tmp/qwen3-4b-random}
 runs=${RUNS:-/tmp/swaa-bench}
 mkdir -p "$out" "$runs"
 bench=(python3 scripts/bench_multi_gpu.py)
-[ -d "$base" ] || "${bench[@]}" make-base "$base" || exit 1
+[ -f "$base/tokenizer_config.json" ] || { rm -rf "$base"; "${bench[@]}" make-base "$base" || exit 1; }  # a complete base only
 common=(model.name_or_path=$base data.path=synthetic data.synthetic_rows=48 "data.synthetic_words=[1500,3000]"
   data.min_length=0 data.max_length=null training.max_length=8192 training.max_steps=5 training.logging_steps=1
   training.save_steps=5 training.learning_rate=1e-3 training.lr_scheduler_type=constant training.warmup_steps=0
@@ -47,4 +47,5 @@ for T in 131072 262144 524288; do
     training.save_steps=2 training.pad_to_multiple_of=2)
   run sp_$T python3 -m accelerate.commands.launch --config_file recipes/accelerate/sp.yaml || break
 done
-"${bench[@]}" table "$out"/sp_*.json | tee "$out/sp.md"
+sp_runs=$(ls "$out"/sp_*.json.rank0 2>/dev/null | sed 's/\.rank0$//')  # one row per length that ran
+[ -n "$sp_runs" ] && "${bench[@]}" table $sp_runs | tee "$out/sp.md"

@@ -75,7 +75,6 @@ def attention_settings(recipe_swaa: SWAAConfig) -> dict[str, SWAAConfig | None]:
 # The full-attention baseline: SDPA per document of the packed row
 # ------------------------------------------------------------------------------------------
 SDPA_VARLEN = "sdpa_varlen"
-SDPA_OPTIONS = {"repeat_kv": True}  # k/v repeated to all heads: cuDNN then runs it (fastest on H100)
 
 
 def sdpa_varlen_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
@@ -88,8 +87,7 @@ def sdpa_varlen_attention(module, query, key, value, attention_mask, scaling=Non
     if cu is None:
         cu = torch.tensor([0, query.shape[2]], dtype=torch.int32)
     tokens_first = lambda t: t[0].transpose(0, 1)  # noqa: E731  (B=1, H, S, D) -> (S, H, D)
-    out = full_causal_varlen(tokens_first(query), tokens_first(key), tokens_first(value), cu, scaling,
-                             repeat_kv=SDPA_OPTIONS["repeat_kv"])
+    out = full_causal_varlen(tokens_first(query), tokens_first(key), tokens_first(value), cu, scaling)
     return out[None], None
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -254,18 +255,9 @@ class MemoryArgs:
         default=True,
         metadata={"help": "PyTorch's expandable-segments CUDA allocator, against fragmentation at long sequences."},
     )
-    lora_input_upcast: bool | str = field(
-        default="auto",
-        metadata={
-            "help": "PEFT copies each LoRA layer's input to the adapter's float32. Under bf16/fp16 mixed precision "
-            "autocast casts it straight back before the matmul, so the copy is wasted time and memory traffic. "
-            "auto: skip it under mixed precision, keep it otherwise; true: always copy (PEFT's default); false: "
-            "never (needs mixed precision when the adapter and base dtypes differ)."
-        },
-    )
 
     def __post_init__(self):
-        for name in ("liger_kernel", "activation_offloading", "lora_input_upcast"):
+        for name in ("liger_kernel", "activation_offloading"):
             value = getattr(self, name)
             if not isinstance(value, bool) and value != "auto":
                 raise ValueError(f"memory.{name} must be true, false or auto, got {value!r}")
@@ -311,6 +303,21 @@ def resolve_recipe_path(name_or_path: str) -> Path:
     raise ValueError(f"recipe {name_or_path!r}: no such file and no recipes/{name_or_path}.yaml; known: {known}")
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML's safe loader, with YAML 1.2 floats: `1e-4` is a number (YAML 1.1 wants `1.0e-4`)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def load_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)
+
+
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     """Apply command-line overrides `section.field=value` (value parsed as YAML) to a raw recipe."""
     raw = {section: dict(values or {}) for section, values in raw.items()}
@@ -321,7 +328,7 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
             raise ValueError(f"override {item!r}: expected section.field=value, e.g. training.max_steps=10")
         if section not in SECTIONS:
             raise ValueError(f"override {item!r}: unknown section {section!r}; sections: {list(SECTIONS)}")
-        raw.setdefault(section, {})[name] = yaml.safe_load(value) if value != "" else None
+        raw.setdefault(section, {})[name] = load_yaml(value) if value != "" else None
     return raw
 
 
@@ -367,7 +374,7 @@ def build_recipe(raw: dict, name: str = "custom") -> Recipe:
 def load_recipe(name_or_path: str, overrides: list[str] | None = None) -> tuple[Recipe, dict]:
     """Read recipes/NAME.yaml (or a path), apply overrides; return the recipe and its raw mapping."""
     path = resolve_recipe_path(name_or_path)
-    raw = yaml.safe_load(path.read_text()) or {}
+    raw = load_yaml(path.read_text()) or {}
     if not isinstance(raw, dict):
         raise ValueError(f"{path}: a recipe must be a YAML mapping of sections")
     raw = apply_overrides(raw, overrides or [])

@@ -14,10 +14,7 @@ and (c) the float32 temporaries of the eager RMSNorm and RoPE. Against each:
   pushing T past what fits without it;
 - (c) Liger's fused RMSNorm, SwiGLU and RoPE kernels through TRL's `use_liger_kernel` (liger's
   fused linear cross-entropy stays off: TRL's fused LM head already scores only supervised tokens);
-- PyTorch's expandable-segments allocator, against fragmentation;
-- no float32 copy of each LoRA layer's input under mixed precision (`lora_input_upcast`): PEFT
-  upcasts it to the adapter's dtype and autocast casts it back to bf16 for the matmul, so the
-  same bf16 values reach the same bf16 product either way.
+- PyTorch's expandable-segments allocator, against fragmentation.
 
 Each changes where tensors live or in which order the same arithmetic runs, never the result.
 `configure_training` resolves the switches into TRL's own fields before the trainer is built;
@@ -30,7 +27,6 @@ import functools
 import importlib.util
 
 import torch
-from peft.tuners.tuners_utils import BaseTunerLayer
 from transformers import TrainerCallback
 from transformers.utils import logging
 
@@ -180,21 +176,11 @@ def tile_mlps(model: torch.nn.Module, tile_tokens: int | None) -> int:
     return count
 
 
-def set_lora_input_upcast(model: torch.nn.Module, upcast: bool) -> int:
-    """Switch PEFT's cast of each LoRA layer's input to the adapter dtype on or off. Returns how many layers."""
-    layers = [m for m in model.modules() if isinstance(m, BaseTunerLayer) and hasattr(m, "cast_input_dtype_enabled")]
-    for layer in layers:
-        layer.cast_input_dtype_enabled = upcast
-    return len(layers)
-
-
-def apply_memory(model: torch.nn.Module, memory: MemoryArgs, mixed_precision: bool = False) -> torch.nn.Module:
-    """The model-level techniques of `memory` (tiled MLP, LoRA input upcast), on `model` as it is now."""
+def apply_memory(model: torch.nn.Module, memory: MemoryArgs) -> torch.nn.Module:
+    """The model-level techniques of `memory` (the tiled MLP), on `model` as it is now."""
     tiled = tile_mlps(model, memory.mlp_tile_tokens)
     if memory.mlp_tile_tokens is not None:
         logger.info("Tiled MLP: %d MLPs run in tiles of %d tokens beyond that length", tiled, memory.mlp_tile_tokens)
-    upcast = memory.lora_input_upcast
-    set_lora_input_upcast(model, upcast is True or (upcast == "auto" and not mixed_precision))
     return model
 
 
@@ -209,7 +195,4 @@ class MemoryCallback(TrainerCallback):
         self.memory = memory
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
-        apply_memory(model, self.memory, mixed_precision=bool(args is not None and (args.bf16 or args.fp16)))
-
-    def on_train_end(self, args, state, control, model=None, **kwargs):
-        set_lora_input_upcast(model, True)  # PEFT's default again, for use outside the trainer's autocast
+        apply_memory(model, self.memory)

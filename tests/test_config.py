@@ -129,3 +129,10 @@ def test_recipe_path_resolution(tmp_path):
     assert resolve_recipe_path(str(path)) == path
     with pytest.raises(ValueError, match="no such file.*known: .*demo"):
         resolve_recipe_path("does_not_exist")
+
+
+def test_overrides_and_recipes_read_exponent_floats_as_numbers():
+    """`1e-3` is a string to YAML 1.1 (PyYAML); an optimizer then fails deep inside the trainer."""
+    raw = apply_overrides({}, ["training.learning_rate=1e-3", "training.weight_decay=2.5E+1", "model.name_or_path=1e"])
+    assert raw["training"] == {"learning_rate": 1e-3, "weight_decay": 25.0}
+    assert raw["model"]["name_or_path"] == "1e"

@@ -12,8 +12,7 @@ from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 from swaa_train.attention import apply_swaa
 from swaa_train.config import MemoryArgs, SWAAConfig, build_recipe
 from swaa_train.memory import (
-    OWN_FORWARD, MemoryCallback, TiledMLPFunction, apply_memory, configure_training, is_mlp, set_lora_input_upcast,
-    tile_mlps,
+    OWN_FORWARD, MemoryCallback, TiledMLPFunction, apply_memory, configure_training, is_mlp, tile_mlps,
 )
 from swaa_train.trainer import IGNORE_INDEX, FullFromCollator
 
@@ -135,52 +134,9 @@ def test_moe_blocks_are_not_tiled():
 # ------------------------------------------------------------------------------------------
 # Recipe section and switches
 # ------------------------------------------------------------------------------------------
-# LoRA input upcast
-# ------------------------------------------------------------------------------------------
-def mixed_precision_lora_model():
-    """A bf16 base with float32 LoRA weights, as PEFT sets them up for bf16 training."""
-    model = lora_model().to(torch.bfloat16)
-    for p in model.parameters():
-        if p.requires_grad:
-            p.data = p.data.float()
-    return model
-
-
-def test_skipping_the_lora_input_upcast_under_autocast_is_exact():
-    batch = packed_batch(seed=3)
-    model = mixed_precision_lora_model()
-    autocast = lambda: torch.autocast("cpu", dtype=torch.bfloat16)  # noqa: E731
-    reference = loss_and_grads(model, batch, autocast())
-    assert set_lora_input_upcast(model, False) == 7 * 3  # every targeted linear of the 3 layers
-    seen = set()
-    hooks = [m.register_forward_pre_hook(lambda mod, args: seen.add(args[0].dtype))
-             for n, m in model.named_modules() if n.endswith("lora_A.default")]
-    skipped = loss_and_grads(model, batch, autocast())
-    for hook in hooks:
-        hook.remove()
-    assert hooks and seen == {torch.bfloat16}  # no LoRA input went to float32
-    assert_same(reference, skipped, atol=0, rtol=0)
-
-
-def test_memory_callback_switches_the_upcast_by_precision():
-    model = lora_model()
-    flags = lambda: {m.cast_input_dtype_enabled for m in model.modules() if hasattr(m, "cast_input_dtype_enabled")}  # noqa: E731
-    callback = MemoryCallback(MemoryArgs())
-    callback.on_train_begin(SFTConfig(output_dir="o", **CPU_ARGS), None, None, model=model)
-    assert flags() == {True}  # no mixed precision: PEFT's cast stays
-    callback.on_train_begin(SFTConfig(output_dir="o", **{**CPU_ARGS, "bf16": True}), None, None, model=model)
-    assert flags() == {False}
-    callback.on_train_end(None, None, None, model=model)
-    assert flags() == {True}
-    MemoryCallback(MemoryArgs(lora_input_upcast=True)).on_train_begin(
-        SFTConfig(output_dir="o", **{**CPU_ARGS, "bf16": True}), None, None, model=model)
-    assert flags() == {True}
-
-
-# ------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("bad", [
     {"liger_kernel": "yes"}, {"activation_offloading": 1}, {"mlp_tile_tokens": 0}, {"mlp_tile_tokens": 1.5},
-    {"expandable_segments": "auto"}, {"lora_input_upcast": "sometimes"},
+    {"expandable_segments": "auto"},
 ])
 def test_memory_args_reject_bad_values(bad):
     field = next(iter(bad))

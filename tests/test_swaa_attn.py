@@ -270,24 +270,39 @@ def sdpa_calls(monkeypatch):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("lens, hkv", [([13, 5, 22], 2), ([40], 1), ([7, 0, 9], 4)])
-def test_full_layers_through_sdpa(monkeypatch, sdpa_calls, dtype, lens, hkv):
+@pytest.mark.parametrize("lens, hkv", [([40], 1), ([40], 2), ([16, 16, 16], 4)])
+@pytest.mark.parametrize("repeat_kv", [False, True])
+def test_full_layers_through_sdpa(monkeypatch, sdpa_calls, dtype, lens, hkv, repeat_kv):
     monkeypatch.setenv("SWAA_ATTN_FULL_BACKEND", "sdpa")
+    monkeypatch.setattr("swaa_attn.dense.REPEAT_KV", repeat_kv)
     run_and_compare(lens, lens, hq=4, hkv=hkv, head_dim=32, dtype=dtype, softmax_scale=0.2)
     assert sdpa_calls == [_cu(lens).tolist()]
+
+
+@pytest.mark.parametrize("lens", [[13, 5, 22], [7, 0, 9], [0, 0]])
+def test_sdpa_full_causal_of_uneven_packs(lens):
+    """The per-sequence path of swaa_attn.dense (the training benchmark's full-attention baseline)."""
+    from swaa_attn.dense import full_causal_varlen
+
+    g = torch.Generator().manual_seed(1)
+    q, k, v = (torch.randn(sum(lens), h, 16, generator=g) for h in (4, 2, 2))
+    got = full_causal_varlen(q, k, v, _cu(lens).cpu(), 0.3)
+    torch.testing.assert_close(got, swaa_attn_varlen_ref(q, k, v, _cu(lens).cpu(), _cu(lens).cpu(), max(lens),
+                                                         max(lens), softmax_scale=0.3), atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("backend, call, routed", [
     ("sdpa", dict(), True),
     ("sdpa", dict(window=8), False),  # a sliding-window layer
-    ("sdpa", dict(lens_k=[20, 20]), False),  # fewer queries than keys (decoding against a cache)
-    ("sdpa", dict(lens_q=[3] * 17, lens_k=[3] * 17), False),  # too many sequences for one launch each
+    ("sdpa", dict(lens_q=[10, 20], lens_k=[20, 20]), False),  # fewer queries than keys (decoding with a cache)
+    ("sdpa", dict(lens_q=[3, 5], lens_k=[3, 5]), False),  # uneven pack: one launch per sequence is slower
+    ("sdpa", dict(lens_q=[6] * 17, lens_k=[6] * 17), True),  # sequences of one length: one batched call
     ("triton", dict(), False),
     ("auto", dict(), HAS_CUDA),
 ])
 def test_which_calls_take_the_sdpa_route(monkeypatch, sdpa_calls, backend, call, routed):
     monkeypatch.setenv("SWAA_ATTN_FULL_BACKEND", backend)
-    lens_q, lens_k = call.get("lens_q", [10, 20]), call.get("lens_k", [10, 20])
+    lens_q, lens_k = call.get("lens_q", [20, 20]), call.get("lens_k", [20, 20])
     q = torch.randn(sum(lens_q), 2, 16, device=DEVICE)
     k = v = torch.randn(sum(lens_k), 2, 16, device=DEVICE)
     swaa_attn_varlen_func(q, k, v, _cu(lens_q), _cu(lens_k), max(lens_q), max(lens_k), window=call.get("window"))
@@ -333,8 +348,8 @@ def test_real_sizes(case):
 @pytest.mark.gpu
 @gpu
 def test_real_size_full_layer_through_sdpa(monkeypatch, sdpa_calls):
-    """The recipe's full-attention layers on CUDA: one 32k document and a pack of three, bf16, GQA 4."""
+    """The recipe's full-attention layers on CUDA: one 32k document and a pack of 4 x 4k, bf16, GQA 4."""
     monkeypatch.setenv("SWAA_ATTN_FULL_BACKEND", "auto")
     run_and_compare([32768], [32768], hq=8, hkv=2, head_dim=128, dtype=torch.bfloat16)
-    run_and_compare([9000, 3000, 4096], [9000, 3000, 4096], hq=8, hkv=2, head_dim=128, dtype=torch.bfloat16)
+    run_and_compare([4096] * 4, [4096] * 4, hq=8, hkv=2, head_dim=128, dtype=torch.bfloat16)
     assert len(sdpa_calls) == 2

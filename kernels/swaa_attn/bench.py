@@ -19,6 +19,7 @@ import triton
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
+from .dense import full_causal_varlen
 from .ops import select_config, swaa_attn_varlen_triton
 
 HQ, HKV, HEAD_DIM = 32, 8, 128
@@ -144,6 +145,36 @@ def bench_case(name, rows, config=None):
     torch.cuda.empty_cache()
 
 
+def bench_full_layer(name, rows, config=None):
+    """A full-attention layer (window None) on `name`'s documents: the routes swaa_attn_varlen_func can take.
+
+    Causal pairs are counted for TFLOP/s. The SDPA routes include repeating k/v (or not) in the timing.
+    """
+    lens, fwd_only = CASES[name]
+    q, k, v, cu, _ = make_inputs(lens)
+    flops_fwd = 4 * HEAD_DIM * HQ * sum(n * (n + 1) / 2 for n in lens)
+    routes = [
+        ("full layer: swaa_attn (Triton)", lambda q_, k_, v_: swaa_attn_varlen_triton(
+            q_, k_, v_, cu, cu, max(lens), max(lens), config=config)),
+        ("full layer: SDPA, k/v repeated", lambda q_, k_, v_: full_causal_varlen(q_, k_, v_, cu, repeat_kv=True)),
+        ("full layer: SDPA, enable_gqa", lambda q_, k_, v_: full_causal_varlen(q_, k_, v_, cu, repeat_kv=False)),
+    ]
+    for label, fn in routes:
+        try:
+            fwd_ms, fwd_mem = measure(fn, (q, k, v), backward=False)
+            row = dict(case=name, method=label, fwd_ms=fwd_ms, fwd_tflops=flops_fwd / fwd_ms * 1e-9, fwd_mem=fwd_mem)
+            if not fwd_only:
+                fb_ms, fb_mem = measure(fn, (q, k, v), backward=True)
+                row.update(fb_ms=fb_ms, fb_tflops=3.5 * flops_fwd / fb_ms * 1e-9, fb_mem=fb_mem)
+        except RuntimeError as error:  # a backend that refuses the shape
+            print(f"{name} {label}: {str(error).splitlines()[0]}", flush=True)
+            continue
+        rows.append(row)
+        print(format_row(row), flush=True)
+    del q, k, v
+    torch.cuda.empty_cache()
+
+
 HEADER = ("| case | attention | fwd ms | fwd TFLOP/s | fwd peak MiB | fwd+bwd ms | fwd+bwd TFLOP/s | "
           "fwd+bwd peak MiB |\n| --- | --- | --- | --- | --- | --- | --- | --- |")
 
@@ -209,6 +240,8 @@ def main(argv=None):
     parser.add_argument("--sweep", action="store_true",
                         help="first time other tile configurations on the 32k case; the table uses the fastest")
     parser.add_argument("--cases", default=",".join(CASES), help="comma-separated subset of " + ",".join(CASES))
+    parser.add_argument("--full-layer", action="store_true",
+                        help="also time a full-attention layer (window None) on each case: Triton vs SDPA routes")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         raise SystemExit("swaa_attn.bench needs CUDA")
@@ -219,6 +252,8 @@ def main(argv=None):
     rows = []
     for name in args.cases.split(","):
         bench_case(name, rows, config)
+        if args.full_layer:
+            bench_full_layer(name, rows, config)
     table = "\n".join([HEADER, *map(format_row, rows)])
     print("\n" + table)
     if args.out:

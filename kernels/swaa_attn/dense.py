@@ -4,9 +4,10 @@ A full-attention layer (window None) has no mask to exploit, and on Hopper cuDNN
 attention (torch SDPA's cuDNN backend) runs it faster than the Triton kernel: 1.16 s against
 1.58 s per layer of a 128k-token training step (BENCHMARKS.md). `swaa_attn_varlen_func`
 sends such layers here when the queries are the keys (training, prefill) and the pack holds
-few sequences; everything else stays on the Triton kernel. The sequences are sliced on the
-host, so a pack of many short documents, where one launch per document would dominate, does
-not come here.
+sequences of one length (one batched SDPA call); everything else stays on the Triton kernel.
+Measured on an H100 (BENCHMARKS.md): a 32k full layer takes 55 ms forward+backward here against
+82 ms on the Triton kernel, while a pack of 8 x 4k documents sliced into one SDPA call per
+document took 14-19 ms against Triton's 13, which is why uneven packs do not come here.
 
 SWAA_ATTN_FULL_BACKEND picks the route of full-attention layers: "auto" (the default: SDPA on
 CUDA), "triton" (always the Triton kernel) or "sdpa" (SDPA on any device, CPU tests included).
@@ -19,23 +20,21 @@ import os
 
 import torch
 
-# Packs of more sequences than this stay on the Triton kernel (one SDPA launch per sequence).
-MAX_SEQUENCES = 16
-# cuDNN's attention needs as many k/v heads as q heads: repeat them (a transient copy of k
-# and v, freed after the layer) rather than fall back to a slower backend.
-REPEAT_KV = True
+# GQA through SDPA's enable_gqa (cuDNN takes it in torch 2.11: as fast as repeating k/v to all
+# query heads, with less memory); repeat_kv=True repeats them instead, for backends that need it.
+REPEAT_KV = False
 
 
 def wanted(q: torch.Tensor, cu_seqlens_q: torch.Tensor, cu_seqlens_k: torch.Tensor, window: int | None) -> bool:
-    """Whether this call goes to SDPA: a full-attention layer, queries == keys, CUDA, few sequences."""
+    """Whether this call goes to SDPA: a full-attention layer, queries == keys, CUDA, sequences of one length."""
     backend = os.environ.get("SWAA_ATTN_FULL_BACKEND", "auto")
     if backend not in ("auto", "triton", "sdpa"):
         raise ValueError(f"SWAA_ATTN_FULL_BACKEND must be auto, triton or sdpa, got {backend!r}")
     if window is not None or backend == "triton" or (backend == "auto" and not q.is_cuda):
         return False
-    if cu_seqlens_q.numel() - 1 > MAX_SEQUENCES:
-        return False
-    return cu_seqlens_q is cu_seqlens_k or torch.equal(cu_seqlens_q, cu_seqlens_k)
+    same_keys = cu_seqlens_q is cu_seqlens_k or torch.equal(cu_seqlens_q, cu_seqlens_k)
+    lengths = cu_seqlens_q.diff()
+    return same_keys and lengths.numel() > 0 and bool((lengths == lengths[0]).all()) and int(lengths[0]) > 0
 
 
 def _backend_priority(device: torch.device):
@@ -67,8 +66,14 @@ def full_causal_varlen(
     if groups > 1 and repeat_kv:
         kh, vh = kh.repeat_interleave(groups, 0), vh.repeat_interleave(groups, 0)
     gqa = {"enable_gqa": True} if kh.shape[0] != qh.shape[0] else {}
-    bounds = cu_seqlens.tolist()
+    lengths = cu_seqlens.diff().tolist()
     with _backend_priority(q.device):
+        if lengths and lengths[0] > 0 and all(n == lengths[0] for n in lengths):  # one batched call: (sequences, heads, n, dim)
+            batched = lambda t: t.unflatten(1, (len(lengths), lengths[0])).transpose(0, 1)  # noqa: E731
+            out = torch.nn.functional.scaled_dot_product_attention(
+                batched(qh), batched(kh), batched(vh), is_causal=True, scale=softmax_scale, **gqa)
+            return out.transpose(1, 2).reshape(q.shape)  # a view when the backend wrote token-major
+        bounds = cu_seqlens.tolist()
         outs = [
             torch.nn.functional.scaled_dot_product_attention(
                 qh[None, :, s:e], kh[None, :, s:e], vh[None, :, s:e], is_causal=True, scale=softmax_scale, **gqa
@@ -78,5 +83,4 @@ def full_causal_varlen(
         ]
     if not outs:
         return torch.empty_like(q)
-    # The fused backends write the output token-major already, so this is a copy only for packs.
     return outs[0].contiguous() if len(outs) == 1 else torch.cat(outs)
