@@ -8,6 +8,13 @@ fp32 weights, AdamW. Documents are question rows (the chat template of data.py; 
 tokens get their own loss term, so a handful of answer tokens per row are not drowned by
 thousands of passage tokens) and language-model text (next-token loss on every token).
 
+Induction warm-up: the first `copy_warmup_steps` steps, and then one step in `copy_every`,
+pack random-token copy documents instead (a random sequence shown twice, the loss on the second
+copy: repro_data.copy_document). Copying a span seen before is what every look-up ends with,
+and the synthetic text lets a model lower its loss for a long time without learning it; with
+the warm-up, a toy model on CPU gave its first exact held-out answers (docs/adaptation.md,
+"CPU study").
+
 Length curriculum: the first `short_fraction` of the run packs short questions and look-up
 drills (facts with no filler, then all restated: repro_data.make_drill_texts), the rest the
 long questions and text. On CPU, without the drills (short filler text instead) a toy model
@@ -37,6 +44,7 @@ from transformers.utils import logging
 from .attention import ATTN_IMPLEMENTATION, apply_swaa, register_swaa_attention, swaa_attention_forward
 from .config import SWAAConfig
 from .data import encode_single_turn
+from .repro_data import copy_document
 
 logger = logging.get_logger(__name__)
 
@@ -59,6 +67,15 @@ class PretrainArgs:
     max_steps: int = field(default=100000, metadata={"help": "Stop after this many steps..."})
     time_budget_s: float = field(default=240.0, metadata={"help": "...or after this many seconds."})
     short_fraction: float = field(default=0.5, metadata={"help": "Share of the run on short questions."})
+    copy_warmup_steps: int = field(default=200, metadata={
+        "help": "Induction warm-up: the first steps train on random-token copy documents only (0: none)."})
+    copy_every: int = field(default=4, metadata={
+        "help": "After the warm-up, one step in this many is a copy step (0: none)."})
+    copy_min_length: int = field(default=24, metadata={"help": "Shortest random sequence of a copy document."})
+    copy_max_length: int = field(default=24, metadata={
+        "help": "Longest random sequence of a copy document (shown twice; the loss is on the second copy). One "
+                "length lets the model copy by position, learnt in ~100 toy steps on CPU; random lengths (a true "
+                "induction head) were not learnt in 600 (docs/adaptation.md)."})
     lm_weight: float = field(default=0.5, metadata={"help": "Weight of the next-token loss beside the answer loss."})
     num_workers: int = field(default=8, metadata={"help": "Tokenizing data-loader processes (0: in-process)."})
     log_every: int = field(default=25, metadata={"help": "Steps between log lines."})
@@ -72,6 +89,13 @@ class PretrainArgs:
             raise ValueError(f"num_heads must divide hidden_size and num_kv_heads num_heads: {self}")
         if not 0.0 <= self.short_fraction < 1.0:
             raise ValueError(f"short_fraction must be in [0, 1), got {self.short_fraction}")
+        if min(self.copy_warmup_steps, self.copy_every) < 0 or not 1 <= self.copy_min_length <= self.copy_max_length:
+            raise ValueError(f"need copy_warmup_steps, copy_every >= 0 and 1 <= copy_min_length <= copy_max_length: {self}")
+
+    def is_copy_step(self, step: int) -> bool:
+        """Step `step` (from 0) trains on copy documents: the warm-up, then one step in `copy_every`."""
+        after = step - self.copy_warmup_steps
+        return after < 0 or (self.copy_every > 0 and after % self.copy_every == self.copy_every - 1)
 
 
 def model_config(args: PretrainArgs, tokenizer) -> Qwen3Config:
@@ -113,24 +137,44 @@ class PackedDocuments(torch.utils.data.IterableDataset):
     def __init__(self, docs: list[dict], tokenizer, tokens_per_step: int, seed: int):
         self.docs, self.tokenizer, self.tokens_per_step, self.seed = docs, tokenizer, tokens_per_step, seed
 
-    def __iter__(self):
-        info = torch.utils.data.get_worker_info()
-        worker, workers = (info.id, info.num_workers) if info else (0, 1)
-        mine = list(range(worker, len(self.docs), workers))
-        ids, answer, lengths, questions, epoch = [], [], [], [], 0
+    def documents(self, worker: int, workers: int):
+        """Endless (input_ids, answer mask, is a question) of this worker's documents."""
+        mine, epoch = list(range(worker, len(self.docs), workers)), 0
         while True:
             random.Random(f"{self.seed}/{worker}/{epoch}").shuffle(mine)
             for index in mine:
-                doc_ids, mask = encode_document(self.docs[index], self.tokenizer)
-                doc_ids, mask = doc_ids[: self.tokens_per_step], mask[: self.tokens_per_step]
-                if lengths and len(ids) + len(doc_ids) > self.tokens_per_step:
-                    yield _pack(ids, answer, lengths, questions)
-                    ids, answer, lengths, questions = [], [], [], []
-                ids += doc_ids
-                answer += mask
-                lengths.append(len(doc_ids))
-                questions.append("text" not in self.docs[index])
+                yield *encode_document(self.docs[index], self.tokenizer), "text" not in self.docs[index]
             epoch += 1
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        ids, answer, lengths, questions = [], [], [], []
+        for doc_ids, mask, question in self.documents(worker, workers):
+            doc_ids, mask = doc_ids[: self.tokens_per_step], mask[: self.tokens_per_step]
+            if lengths and len(ids) + len(doc_ids) > self.tokens_per_step:
+                yield _pack(ids, answer, lengths, questions)
+                ids, answer, lengths, questions = [], [], [], []
+            ids += doc_ids
+            answer += mask
+            lengths.append(len(doc_ids))
+            questions.append(question)
+
+
+class CopyDocuments(PackedDocuments):
+    """Endless packed rows of random-token copy documents (repro_data.copy_document): the
+    induction warm-up. Tokens are drawn from the vocabulary less its special tokens."""
+
+    def __init__(self, tokenizer, tokens_per_step: int, seed: int, lengths: tuple[int, int]):
+        super().__init__([], tokenizer, tokens_per_step, seed)
+        special = set(tokenizer.all_special_ids) | set(tokenizer.added_tokens_decoder)
+        self.vocab = [i for i in range(len(tokenizer)) if i not in special]
+        self.lengths = lengths
+
+    def documents(self, worker: int, workers: int):
+        rng = random.Random(f"swaa-repro-copy/{self.seed}/{worker}")
+        while True:
+            yield *copy_document(rng, self.vocab, *self.lengths), False
 
 
 def _pack(ids: list[int], answer: list[int], lengths: list[int], questions: list[bool]) -> dict:
@@ -142,8 +186,7 @@ def _pack(ids: list[int], answer: list[int], lengths: list[int], questions: list
     }
 
 
-def loader(docs: list[dict], tokenizer, args: PretrainArgs, seed: int):
-    dataset = PackedDocuments(docs, tokenizer, args.tokens_per_step, seed)
+def loader(dataset: PackedDocuments, args: PretrainArgs):
     extra = {"prefetch_factor": 4} if args.num_workers else {}
     return iter(torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=args.num_workers, **extra))
 
@@ -265,7 +308,12 @@ def pretrain(args: PretrainArgs) -> dict:
     drill = data / "drill.parquet" if (data / "drill.parquet").is_file() else data / "lm_short.parquet"
     phases = [read_docs(data / "train_short.parquet") + read_docs(drill),
               read_docs(data / "train.parquet") + read_docs(data / "lm.parquet")]
-    streams = [loader(docs, tokenizer, args, seed=args.seed * 10 + k) for k, docs in enumerate(phases)]
+    streams = [loader(PackedDocuments(docs, tokenizer, args.tokens_per_step, seed=args.seed * 10 + k), args)
+               for k, docs in enumerate(phases)]
+    copies = None
+    if args.copy_warmup_steps or args.copy_every:
+        copies = loader(CopyDocuments(tokenizer, args.tokens_per_step, args.seed,
+                                      (args.copy_min_length, args.copy_max_length)), args)
     heldout = []
     if args.eval_every and (data / "eval_short.parquet").is_file():
         heldout = read_docs(data / "eval_short.parquet")[: args.eval_rows]
@@ -276,10 +324,12 @@ def pretrain(args: PretrainArgs) -> dict:
         if progress >= 1.0:
             break
         phase = 0 if progress < args.short_fraction else 1
-        batch = next(streams[phase])
+        copy = args.is_copy_step(step)
+        batch = next(copies if copy else streams[phase])
         for group in optimizer.param_groups:
             group["lr"] = lr_at(progress, step, args)
-        loss, stats = packed_loss(model, batch, args.lm_weight, device)
+        # On copy steps only the second copy has a loss: the first is random, nothing to predict.
+        loss, stats = packed_loss(model, batch, 0.0 if copy else args.lm_weight, device)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
@@ -287,7 +337,7 @@ def pretrain(args: PretrainArgs) -> dict:
         step, tokens = step + 1, tokens + batch["input_ids"].numel()
         check = bool(heldout) and step % args.eval_every == 0
         if step % args.log_every == 0 or step == 1 or check:
-            record = {"step": step, "phase": phase, "elapsed_s": round(time.monotonic() - start, 1),
+            record = {"step": step, "phase": phase, "copy": copy, "elapsed_s": round(time.monotonic() - start, 1),
                       "tokens": tokens, "lr": optimizer.param_groups[0]["lr"],
                       **{k: round(float(v), 4) for k, v in stats.items()}}
             if check or (heldout and step == 1):

@@ -7,12 +7,18 @@ Stages after the data and pretraining ones (repro_data.py, pretrain.py):
   with the adapter (evaluate.py writes samples.jsonl / results.json / results.md for each);
 - `write_report`: adds the prefill cost of each setting over the eval prompts
   (prefill_cost.py) and the accuracy per number of hops; writes results.json, table.md and
-  the plot.
+  the plot;
+- `pack_base` / `unpack_base`: the pretrained base directory as a tar split into chunks small
+  enough to come back from one device call, and back, so pretraining and adaptation can run
+  as two calls.
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
+import tarfile
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -242,3 +248,54 @@ def write_report(out_dir: str, eval_data: str, tokenizer_dir: str, num_layers: i
     (out / "table.md").write_text(format_results_table(rows) + "\n")
     plot_results(rows, plot_path, title)
     return report
+
+
+# ------------------------------------------------------------------------------------------
+# The base model in chunks (pretraining and adaptation as two device calls)
+# ------------------------------------------------------------------------------------------
+CHUNK_PREFIX, CHUNK_MANIFEST = "base.tar.", "base.tar.json"
+
+
+def pack_base(base_dir: str | Path, out_dir: str | Path, chunk_mib: float = 15.0, max_chunks: int = 6) -> list[Path]:
+    """Write base_dir's files as one tar split into out_dir/base.tar.00, .01, ... of at most
+    `chunk_mib` MiB each, plus base.tar.json (chunk sizes and sha256). Raises if more than
+    `max_chunks` chunks would be needed (pretrain.py already saves the weights in bf16)."""
+    base, out = Path(base_dir), Path(out_dir)
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for path in sorted(p for p in base.rglob("*") if p.is_file()):
+            tar.add(path, arcname=str(path.relative_to(base)))
+    data, size = buffer.getvalue(), int(chunk_mib * 2**20)
+    count = -(-len(data) // size)
+    if count > max_chunks:
+        raise ValueError(f"{base} packs to {len(data) / 2**20:.1f} MiB: {count} chunks of {chunk_mib} MiB, "
+                         f"more than {max_chunks}")
+    out.mkdir(parents=True, exist_ok=True)
+    chunks, manifest = [], []
+    for k in range(count):
+        piece = data[k * size:(k + 1) * size]
+        chunks.append(out / f"{CHUNK_PREFIX}{k:02d}")
+        chunks[-1].write_bytes(piece)
+        manifest.append({"name": chunks[-1].name, "bytes": len(piece), "sha256": hashlib.sha256(piece).hexdigest()})
+    (out / CHUNK_MANIFEST).write_text(json.dumps({"chunks": manifest}, indent=1) + "\n")
+    logger.info("Packed %s into %d chunks (%.1f MiB) in %s", base, count, len(data) / 2**20, out)
+    return [*chunks, out / CHUNK_MANIFEST]
+
+
+def unpack_base(chunk_dir: str | Path, base_dir: str | Path) -> Path:
+    """Rebuild the base directory that pack_base packed into chunk_dir, after checking every
+    chunk against base.tar.json."""
+    chunk_dir, base = Path(chunk_dir), Path(base_dir)
+    manifest = json.loads((chunk_dir / CHUNK_MANIFEST).read_text())["chunks"]
+    pieces = []
+    for entry in manifest:
+        piece = (chunk_dir / entry["name"]).read_bytes()
+        if len(piece) != entry["bytes"] or hashlib.sha256(piece).hexdigest() != entry["sha256"]:
+            raise ValueError(f"{chunk_dir / entry['name']} does not match {CHUNK_MANIFEST}: damaged or incomplete")
+        pieces.append(piece)
+    base.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(fileobj=io.BytesIO(b"".join(pieces)), mode="r") as tar:
+        safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}  # Python >= 3.10.12 / 3.11.4
+        tar.extractall(base, **safe)
+    logger.info("Unpacked %d chunks from %s into %s", len(manifest), chunk_dir, base)
+    return base

@@ -170,6 +170,16 @@ def make_drill_texts(num_docs: int, *, seed: int = 0, split: str = "train", min_
     return docs
 
 
+def copy_document(rng: random.Random, vocab: list[int], min_length: int, max_length: int) -> tuple[list[int], list[int]]:
+    """(input_ids, answer mask) of one copy document for the induction warm-up of pretraining:
+    a random sequence of `min_length`..`max_length` tokens from `vocab`, then the same sequence
+    again; the second copy is the answer. Random tokens leave no n-gram shortcut: the model must
+    attend back and copy. With one length it can find the token by position, which a toy model
+    learns far sooner than the induction head that random lengths need (docs/adaptation.md)."""
+    tokens = rng.choices(vocab, k=rng.randint(min_length, max_length))
+    return tokens + tokens, [0] * len(tokens) + [1] * len(tokens)
+
+
 def _repeat_sentences(rng: random.Random, sentences: list[str], keep: set[int], fraction: float) -> None:
     """Replace `fraction` of the filler sentences of the second half by copies of earlier filler."""
     half = len(sentences) // 2

@@ -17,7 +17,8 @@ from swaa_train.config import SWAAConfig
 from swaa_train.demo_assets import TINY_QWEN3_DIR
 from swaa_train.prefill_cost import prefill_pairs, relative_prefill_cost, sliding_pairs
 from swaa_train.repro_data import (
-    LINK_ATTRIBUTE, RECALL_HEADER, make_drill_texts, make_lm_texts, make_question_rows, write_repro_data,
+    LINK_ATTRIBUTE, RECALL_HEADER, copy_document, make_drill_texts, make_lm_texts, make_question_rows,
+    write_repro_data,
 )
 from swaa_train.synthetic import split_entities
 
@@ -109,6 +110,64 @@ def test_drills_restate_their_facts_without_filler():
         assert not FACT.sub("", passage).strip()  # nothing but facts before the recall
 
 
+def test_copy_document_repeats_a_random_sequence():
+    import random
+
+    rng, vocab = random.Random(0), list(range(5, 50))
+    lengths = set()
+    for _ in range(50):
+        ids, mask = copy_document(rng, vocab, 3, 9)
+        half = len(ids) // 2
+        lengths.add(half)
+        assert ids[:half] == ids[half:] and set(ids) <= set(vocab)
+        assert mask == [0] * half + [1] * half
+    assert lengths == set(range(3, 10))
+
+
+def test_copy_rows_repeat_each_document_with_loss_on_the_second_copy(tokenizer):
+    from swaa_train.pretrain import CopyDocuments, packed_loss
+
+    special = set(tokenizer.all_special_ids)
+    batches = iter(CopyDocuments(tokenizer, tokens_per_step=300, seed=0, lengths=(4, 12)))
+    for _ in range(3):
+        batch = next(batches)
+        assert int(batch["lengths"].sum()) == batch["input_ids"].numel() <= 300
+        assert not batch["question"].any()
+        for ids, answer in zip(batch["input_ids"].split(batch["lengths"].tolist()),
+                               batch["answer"].split(batch["lengths"].tolist())):
+            half = len(ids) // 2
+            assert 4 <= half <= 12 and ids[:half].tolist() == ids[half:].tolist()
+            assert answer.tolist() == [False] * half + [True] * half
+            assert not special & set(ids.tolist())
+    # With lm_weight 0 (copy steps), the loss is the second copies' loss alone.
+    torch.manual_seed(0)
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    model = Qwen3ForCausalLM(Qwen3Config(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
+                                         num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
+                                         head_dim=16))
+    model.config._attn_implementation = "sdpa"
+    batch = {**batch, "lengths": batch["lengths"][:1], "input_ids": batch["input_ids"][: batch["lengths"][0]],
+             "answer": batch["answer"][: batch["lengths"][0]], "question": batch["question"][:1]}
+    loss, stats = packed_loss(model, batch, 0.0, torch.device("cpu"))
+    half = int(batch["lengths"][0]) // 2
+    logits = model(batch["input_ids"][None]).logits[0, :-1]
+    expected = torch.nn.functional.cross_entropy(logits[half - 1:], batch["input_ids"][half:])
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-4) and stats["text_loss"] > 0
+
+
+@pytest.mark.parametrize("warmup,every,expected", [
+    (2, 3, [True, True, False, False, True, False, False, True]),
+    (0, 0, [False] * 8),
+    (3, 0, [True] * 3 + [False] * 5),
+])
+def test_copy_step_schedule(warmup, every, expected):
+    from swaa_train.pretrain import PretrainArgs
+
+    args = PretrainArgs(data_dir="d", out_dir="o", copy_warmup_steps=warmup, copy_every=every)
+    assert [args.is_copy_step(step) for step in range(8)] == expected
+
+
 def test_parallel_shards_match_a_single_process(tmp_path):
     counts = {"train": 3, "eval": 2}
     one = write_repro_data(tmp_path / "a", counts, min_tokens=256, max_tokens=384, workers=0)
@@ -150,19 +209,40 @@ def test_relative_cost_mixes_full_and_sliding_layers():
 @pytest.mark.slow
 def test_stages_end_to_end_on_cpu(tmp_path, monkeypatch):
     from swaa_train.pretrain import PretrainArgs, pretrain
-    from swaa_train.repro import run_adaptation, write_report
+    from swaa_train.repro import pack_base, run_adaptation, unpack_base, write_report
 
     monkeypatch.chdir(tmp_path)
     data = tmp_path / "data"
     counts = {"train": 6, "train_short": 6, "lm": 2, "lm_short": 2, "eval": 3, "drill": 4, "eval_short": 2}
     write_repro_data(data, counts, min_tokens=96, max_tokens=160, short_tokens=(64, 96), workers=0)
     summary = pretrain(PretrainArgs(
-        data_dir=str(data), out_dir=str(tmp_path / "base"), tokenizer=str(TINY_QWEN3_DIR), hidden_size=32,
-        num_layers=2, num_heads=2, num_kv_heads=1, intermediate_size=64, tokens_per_step=256, max_steps=2,
-        warmup_steps=1, num_workers=0, short_fraction=0.5, device="cpu",
+        data_dir=str(data), out_dir=str(tmp_path / "trained"), tokenizer=str(TINY_QWEN3_DIR), hidden_size=32,
+        num_layers=2, num_heads=2, num_kv_heads=1, intermediate_size=64, tokens_per_step=256, max_steps=4,
+        warmup_steps=1, num_workers=0, short_fraction=0.5, device="cpu", copy_warmup_steps=1, copy_every=2,
+        copy_min_length=8, copy_max_length=16, log_every=1,
     ))
-    first = json.loads((tmp_path / "base" / "pretrain_log.jsonl").read_text().splitlines()[0])
-    assert summary["steps"] == 2 and 0.0 <= first["heldout_exact"] <= 1.0
+    log = [json.loads(line) for line in (tmp_path / "trained" / "pretrain_log.jsonl").read_text().splitlines()]
+    assert summary["steps"] == 4 and 0.0 <= log[0]["heldout_exact"] <= 1.0
+    assert [r["copy"] for r in log] == [True, False, True, False]
+    assert log[0]["question_exact"] == 0.0 and log[1]["phase"] == 0 and log[3]["phase"] == 1
+
+    # Pretraining and adaptation as two device calls: the base travels as chunks.
+    chunks = pack_base(tmp_path / "trained", tmp_path / "chunks", chunk_mib=0.25)
+    assert len(chunks) >= 3 and all(c.stat().st_size <= 0.25 * 2**20 for c in chunks)
+    with pytest.raises(ValueError, match="more than"):
+        pack_base(tmp_path / "trained", tmp_path / "too_many", chunk_mib=0.25, max_chunks=len(chunks) - 2)
+    unpack_base(tmp_path / "chunks", tmp_path / "base")
+    trained = {p.relative_to(tmp_path / "trained"): p.read_bytes() for p in (tmp_path / "trained").rglob("*") if p.is_file()}
+    assert {p.relative_to(tmp_path / "base"): p.read_bytes() for p in (tmp_path / "base").rglob("*") if p.is_file()} == trained
+    assert {"model.safetensors", "config.json", "pretrain_log.jsonl"} <= {str(p) for p in trained}
+    damaged = tmp_path / "damaged"
+    damaged.mkdir()
+    for chunk in chunks:
+        (damaged / chunk.name).write_bytes(chunk.read_bytes())
+    (damaged / chunks[1].name).write_bytes(chunks[1].read_bytes()[:-1])
+    with pytest.raises(ValueError, match="damaged or incomplete"):
+        unpack_base(damaged, tmp_path / "unused")
+
     recipe = "scripts/repro/lora.yaml"
     overrides = [
         f"model.name_or_path={tmp_path / 'base'}", "model.dtype=float32", "swaa.sliding_window_size=32",
