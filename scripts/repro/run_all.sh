@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The stages of the adaptation experiment back to back, as run on one H100 for docs/adaptation.md.
-# In one 600-s call (pretraining kept short, PRETRAIN_S 230):
+# In one 600-s call (pretraining 300 s, LoRA 60 s; 532 s on an H100 for docs/adaptation.md):
 #   bash scripts/repro/run_all.sh
 # or in two 600-s calls, the first one all pretraining (PRETRAIN_S 480):
 #   STAGES=pretrain bash scripts/repro/run_all.sh             # data, pretraining, then the base packed
@@ -10,18 +10,19 @@
 # Outputs go to outputs/repro/ ($R); with OUT set, the chunks + pretrain_log.jsonl (pretrain) or the
 # results (adapt, all) are copied there. PRETRAIN_S and LORA_S bound pretraining and LoRA training
 # (wall-clock seconds); DEADLINE_S (seconds from the start) shortens LoRA training so the
-# evaluations (EVAL_RESERVE_S, ~200 s measured on an H100) still fit in it. DATA_ARGS, PRETRAIN_ARGS
-# and ADAPT_ARGS are appended to those stages' command lines (a tiny run on CPU, for one).
+# evaluations (EVAL_RESERVE_S, ~110 s for 100 eval questions on an H100) still fit in it. DATA_ARGS,
+# PRETRAIN_ARGS and ADAPT_ARGS are appended to those stages' command lines (a tiny run on CPU, for one).
 set -euo pipefail
 export PYTHONPATH=".:kernels${PYTHONPATH:+:$PYTHONPATH}" TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
 STAGES=${STAGES:-all}
 case $STAGES in
-  all) PRETRAIN_S=${PRETRAIN_S:-230} LORA_S=${LORA_S:-60} ;;
+  all) PRETRAIN_S=${PRETRAIN_S:-300} LORA_S=${LORA_S:-60} ;;
   pretrain) PRETRAIN_S=${PRETRAIN_S:-480} ;;
   adapt) LORA_S=${LORA_S:-180} BASE_CHUNKS=${BASE_CHUNKS:?STAGES=adapt needs BASE_CHUNKS, the directory of base.tar.*} ;;
   *) echo "STAGES must be all, pretrain or adapt, not '$STAGES'" >&2; exit 2 ;;
 esac
-DEADLINE_S=${DEADLINE_S:-565} EVAL_RESERVE_S=${EVAL_RESERVE_S:-170}
+DEADLINE_S=${DEADLINE_S:-540} EVAL_RESERVE_S=${EVAL_RESERVE_S:-110}
+DATA_ARGS=${DATA_ARGS:---eval-rows 100}  # 100 held-out questions: ~65 s for the 10 evaluations
 R=outputs/repro  # scripts/repro/lora.yaml reads the model and data from here
 start=$(date +%s)
 stage() { echo "=== $1 at +$(( $(date +%s) - start ))s"; }
