@@ -32,9 +32,10 @@ def wanted(q: torch.Tensor, cu_seqlens_q: torch.Tensor, cu_seqlens_k: torch.Tens
         raise ValueError(f"SWAA_ATTN_FULL_BACKEND must be auto, triton or sdpa, got {backend!r}")
     if window is not None or backend == "triton" or (backend == "auto" and not q.is_cuda):
         return False
-    same_keys = cu_seqlens_q is cu_seqlens_k or torch.equal(cu_seqlens_q, cu_seqlens_k)
-    lengths = cu_seqlens_q.diff()
-    return same_keys and lengths.numel() > 0 and bool((lengths == lengths[0]).all()) and int(lengths[0]) > 0
+    if cu_seqlens_q is not cu_seqlens_k and not torch.equal(cu_seqlens_q, cu_seqlens_k):
+        return False
+    lengths = cu_seqlens_q.diff().tolist()
+    return bool(lengths) and lengths[0] > 0 and all(n == lengths[0] for n in lengths)
 
 
 def _backend_priority(device: torch.device):
