@@ -224,3 +224,42 @@ def test_ulysses_sequence_parallel_sees_whole_rows(tmp_path):
         assert json.loads((tmp_path / f"rank{rank}.json").read_text()) == expected
     assert expected[0]["cu_seq_lens_q"] == [0, 40, 110, 128]
     assert expected[0]["swaa_full_from"] == [25, 50, 11]
+
+
+# ------------------------------------------------------------------------------------------
+# scripts/bench_multi_gpu.py: the per-GPU figures of BENCHMARKS.md "Multi-GPU"
+# ------------------------------------------------------------------------------------------
+def _bench_module():
+    import importlib.util
+
+    path = Path(__file__).resolve().parent.parent / "scripts" / "bench_multi_gpu.py"
+    spec = importlib.util.spec_from_file_location("bench_multi_gpu", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _rank(tmp_path, name, rank, *, world, sp, seconds, tokens, losses=(2.0, 1.5)):
+    record = {"rank": rank, "world": world, "sp": sp, "engine": "x", "output_dir": str(tmp_path / name),
+              "step_seconds": seconds, "batch_tokens": tokens, "peak_allocated_gib": 1.0 + rank,
+              "peak_reserved_gib": 2.0, "log": [{"loss": v, "grad_norm": 3.0} for v in losses]}
+    (tmp_path / f"{name}.json.rank{rank}").write_text(json.dumps(record))
+    return str(tmp_path / f"{name}.json")
+
+
+def test_multi_gpu_table_per_gpu_figures(tmp_path):
+    bench = _bench_module()
+    # Data parallel: each rank's own tokens over its steps 2..N (step 1 compiles), averaged over ranks.
+    ddp = _rank(tmp_path, "ddp", 0, world=2, sp=1, seconds=[9.0, 1.0, 1.0], tokens=[5, 100, 300, 7])
+    _rank(tmp_path, "ddp", 1, world=2, sp=1, seconds=[9.0, 1.0, 1.0], tokens=[5, 200, 200, 7])
+    # Sequence parallel: step s trains the row of rank s % sp, spread over sp GPUs.
+    sp_a = _rank(tmp_path, "sp_a", 0, world=2, sp=2, seconds=[9.0, 2.0, 2.0], tokens=[400, 800])
+    _rank(tmp_path, "sp_a", 1, world=2, sp=2, seconds=[9.0, 2.0, 2.0], tokens=[600, 1000])
+    sp_b = _rank(tmp_path, "sp_b", 0, world=2, sp=2, seconds=[9.0, 4.0], tokens=[10, 20])
+    _rank(tmp_path, "sp_b", 1, world=2, sp=2, seconds=[9.0, 4.0], tokens=[32, 40])
+    rows = {line.split(" | ")[0].strip("| "): line.split(" | ") for line in
+            bench.table([ddp, sp_a, sp_b]).splitlines()[2:]}
+    assert float(rows["ddp"][4]) == 200.0  # rank 0: 400 / 2 s, rank 1: 400 / 2 s
+    assert float(rows["sp_a"][4]) == (600 + 800) / 4.0 / 2  # steps 2, 3: rank 1's 1st row, rank 0's 2nd
+    assert float(rows["sp_b"][4]) == 32 / 4.0 / 2  # one row per length, never merged
+    assert rows["ddp"][5] == "1.0 / 2.0" and rows["ddp"][7] == "2.0000 1.5000"
