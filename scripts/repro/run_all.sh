@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The stages of the adaptation experiment back to back, as run on one H100 for docs/adaptation.md.
-# In one 600-s call (pretraining 300 s, LoRA 60 s; 532 s on an H100 for docs/adaptation.md):
+# In one 600-s GPU job (pretraining 300 s, LoRA 60 s; 532 s on an H100 for docs/adaptation.md):
 #   bash scripts/repro/run_all.sh
-# or in two 600-s calls, the first one all pretraining (PRETRAIN_S 480):
+# or in two 600-s GPU jobs, the first one all pretraining (PRETRAIN_S 480):
 #   STAGES=pretrain bash scripts/repro/run_all.sh             # data, pretraining, then the base packed
 #                                                             # as $R/chunks/base.tar.NN (<= 15 MiB) + base.tar.json
 #   STAGES=adapt BASE_CHUNKS=DIR bash scripts/repro/run_all.sh  # data again (deterministic), the base
