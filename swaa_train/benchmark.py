@@ -9,9 +9,8 @@ Each cell is one (attention, memory techniques, T): warm-up steps, then one step
 torch.profiler; its GPU kernel time is split into attention / linear (GEMMs) / loss (TRL's
 fused LM head, forward and backward) / optimizer / other / host-device copies by the op that
 launched each kernel. Cells are run in an order that keeps their cost down: liger's kernels
-cannot be taken out of a model again, so the cells without them come first; within a length
-the cheapest attention runs first and warms the allocator and the pinned host memory for the
-others; a cell whose predicted step time exceeds the limit is skipped, not run.
+cannot be taken out of a model again, so the cells without them come first; a cell whose
+predicted step time exceeds the limit is skipped, not run.
 """
 
 from __future__ import annotations
@@ -80,8 +79,8 @@ SDPA_VARLEN = "sdpa_varlen"
 def sdpa_varlen_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
     """Full causal attention through torch SDPA (cuDNN first), one call per document of the packed row (B = 1).
 
-    The baseline the SWAA kernel is measured against: no T x T mask, FlashAttention/cuDNN kernels.
-    The same function runs the recipe's full-attention layers on CUDA (swaa_attn.dense).
+    The baseline the SWAA kernel is measured against: no T x T mask, FlashAttention/cuDNN kernels,
+    through swaa_attn.dense, which also runs the recipe's full-attention layers on CUDA.
     """
     cu = kwargs.get("cu_seq_lens_q")
     if cu is None:

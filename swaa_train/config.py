@@ -315,6 +315,7 @@ _Loader.add_implicit_resolver(
 
 
 def load_yaml(text: str) -> Any:
+    """Parse YAML text the way recipes, overrides and evaluation settings are read."""
     return yaml.load(text, Loader=_Loader)
 
 

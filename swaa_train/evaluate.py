@@ -19,7 +19,7 @@ from pathlib import Path
 
 from transformers.utils import logging
 
-from .config import SWAAConfig
+from .config import SWAAConfig, load_yaml
 
 logger = logging.get_logger(__name__)
 
@@ -106,9 +106,7 @@ def default_settings(trained: SWAAConfig | None, num_layers: int, has_adapter: b
 
 def load_settings(path: str | Path) -> list[EvalSetting]:
     """Settings from a YAML/JSON list of {name, swaa: {...}, adapter: bool}."""
-    import yaml
-
-    data = yaml.safe_load(Path(path).read_text())
+    data = load_yaml(Path(path).read_text())
     if not isinstance(data, list) or not data:
         raise ValueError(f"settings: {path} must hold a non-empty list of settings")
     return [EvalSetting.from_dict(item) for item in data]

@@ -1,8 +1,8 @@
 """Public entry point: picks the Triton kernel, SDPA or the reference.
 
 The Triton kernel runs on CUDA tensors, and on CPU tensors when TRITON_INTERPRET=1 (tests);
-everything else goes to the PyTorch reference. On CUDA, full-attention layers over a few
-whole sequences go to torch SDPA's fused kernels instead (dense.py says when and why).
+everything else goes to the PyTorch reference. On CUDA, full-attention layers over
+sequences of one length go to torch SDPA's fused kernels instead (dense.py says when and why).
 The kernel module is imported on first use: Triton reads TRITON_INTERPRET when the kernels
 are defined, and CPU-only callers never pay for importing Triton.
 """
