@@ -1,7 +1,7 @@
 """Train a SWAA LoRA adapter from a recipe.
 
-    python train.py --recipe demo
-    accelerate launch train.py --recipe qwen3_swa2k training.output_dir=outputs/qwen3-swa2k
+python train.py --recipe demo
+accelerate launch train.py --recipe qwen3_swa2k training.output_dir=outputs/qwen3-swa2k
 """
 
 import sys

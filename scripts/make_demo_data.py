@@ -15,8 +15,9 @@ def main() -> None:
     parser.add_argument("--out", default="data/demo", help="output directory")
     parser.add_argument("--rows", type=int, default=48, help="rows in train.parquet")
     parser.add_argument("--eval-rows", type=int, default=20, help="rows in eval.parquet")
-    parser.add_argument("--words", type=int, nargs=2, default=[200, 400], metavar=("MIN", "MAX"),
-                        help="prompt length in words")
+    parser.add_argument(
+        "--words", type=int, nargs=2, default=[200, 400], metavar=("MIN", "MAX"), help="prompt length in words"
+    )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     for split, rows in (("train", args.rows), ("eval", args.eval_rows)):

@@ -19,11 +19,33 @@ from transformers import AttentionInterface, PreTrainedModel
 from transformers.masking_utils import AttentionMaskInterface, flash_attention_mask
 
 from swaa_attn import swaa_attn_varlen_func
+from swaa_attn.dense import full_causal_varlen
 
-from .config import SWAAConfig
+from .swaa_config import SWAAConfig
 
 ATTN_IMPLEMENTATION = "swaa"
-FULL_FROM_KWARG = "swaa_full_from"
+# The batch key (and forward kwarg) that carries each document's FA-decode start, `full_from`.
+FULL_FROM_KEY = "swaa_full_from"
+IGNORE_INDEX = -100  # labels of unsupervised tokens
+
+
+def full_from_of_labels(labels: torch.Tensor, cu_seqlens: torch.Tensor) -> torch.Tensor:
+    """`full_from` of each document of a packed training row: its first supervised token's offset.
+
+    The one place the FA-decode start is computed for training (at inference it is each
+    row's prompt length). A document without supervised tokens gets its length (no FA decode).
+
+    labels: (total,), IGNORE_INDEX where unsupervised; cu_seqlens: (docs + 1,) int32.
+    """
+    total, docs = labels.numel(), cu_seqlens.numel() - 1
+    lengths = cu_seqlens.diff().long()
+    doc_of = torch.repeat_interleave(torch.arange(docs), lengths)
+    offset = torch.arange(total) - cu_seqlens[:-1].long()[doc_of]
+    # Unsupervised tokens count as lying at the document's end.
+    candidate = torch.where(labels != IGNORE_INDEX, offset, lengths[doc_of])
+    first = lengths.clone()
+    first.scatter_reduce_(0, doc_of, candidate, reduce="amin")
+    return first.to(torch.int32)
 
 
 @functools.lru_cache(maxsize=64)
@@ -84,8 +106,16 @@ def _to_varlen(query, key, value, attention_mask, kwargs):
             full[idx_q] = out
             return full.view(batch, q_len, *out.shape[1:])
 
-        return (flat(query)[idx_q], flat(key)[idx_k], flat(value)[idx_k], _cumulative(len_q), _cumulative(len_k),
-                int(len_q.max()), int(len_k.max()), scatter_back)
+        return (
+            flat(query)[idx_q],
+            flat(key)[idx_k],
+            flat(value)[idx_k],
+            _cumulative(len_q),
+            _cumulative(len_k),
+            int(len_q.max()),
+            int(len_k.max()),
+            scatter_back,
+        )
     position_ids = kwargs.get("position_ids")
     if position_ids is not None and batch == 1 and q_len == k_len and q_len > 1:
         cu, max_len = _boundaries_from_position_ids(position_ids)
@@ -101,9 +131,9 @@ def _full_from(kwargs, fa_decode: bool, cu_q: torch.Tensor, cu_k: torch.Tensor) 
     """Per-sequence start of the FA-decode region, or None (pure SWA)."""
     if not fa_decode:
         return None
-    given = kwargs.get(FULL_FROM_KWARG)
-    if given is not None:
-        return given.to(device=cu_q.device, dtype=torch.int32).reshape(-1)
+    full_from = kwargs.get(FULL_FROM_KEY)
+    if full_from is not None:
+        return full_from.to(device=cu_q.device, dtype=torch.int32).reshape(-1)
     # Decoding with a cache (fewer queries than keys): every query is a generated token.
     past = cu_k.diff() - cu_q.diff()
     return past if bool((past > 0).any()) else None
@@ -123,6 +153,8 @@ def swaa_attention_forward(
     if dropout and module.training:
         raise ValueError(f"SWAA attention has no attention dropout; got dropout={dropout}")
     window, keep_first, fa_decode = layer_settings(module)
+    if window is None and _one_causal_block(query, key, attention_mask, kwargs):
+        return _sdpa_causal(query, key, value, scaling), None
     # Under autocast the normed q/k of an fp32 model stay fp32 while v comes out of a linear
     # in the autocast dtype; the kernel takes one dtype, that of v.
     query, key = query.to(value.dtype), key.to(value.dtype)
@@ -130,13 +162,46 @@ def swaa_attention_forward(
         query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2), attention_mask, kwargs
     )
     out = swaa_attn_varlen_func(
-        q, k, v, cu_q, cu_k, max_q, max_k,
+        q,
+        k,
+        v,
+        cu_q,
+        cu_k,
+        max_q,
+        max_k,
         window=window,
         keep_first=keep_first,
         full_from=_full_from(kwargs, fa_decode and window is not None, cu_q, cu_k),
         softmax_scale=scaling,
     )
     return scatter_back(out), None
+
+
+def _one_causal_block(query, key, attention_mask, kwargs) -> bool:
+    """Whether a full-attention layer is plain causal attention over whole rows: on CUDA, with
+    queries == keys, no padding and at most one document per row. cuDNN (torch SDPA) runs that
+    faster than the Triton kernel, which has no window to skip there (BENCHMARKS.md). Decided
+    from shapes alone: no host read of the lengths."""
+    if not query.is_cuda or query.shape[2] != key.shape[2] or attention_mask is not None:
+        return False
+    cu = kwargs.get("cu_seq_lens_q")
+    if cu is not None:
+        return query.shape[0] == 1 and cu.numel() == 2
+    # A single row with position_ids may be a pack whose documents restart at 0 (see _to_varlen).
+    return query.shape[0] > 1 or kwargs.get("position_ids") is None
+
+
+def _sdpa_causal(query, key, value, scaling):
+    """Causal attention of (B, H, S, D) rows through torch SDPA (cuDNN first); returns (B, S, H, D)."""
+    key, value = key.to(query.dtype), value.to(query.dtype)
+    out = full_causal_varlen(
+        query[0].transpose(0, 1) if query.shape[0] == 1 else query.transpose(1, 2).flatten(0, 1),
+        key[0].transpose(0, 1) if key.shape[0] == 1 else key.transpose(1, 2).flatten(0, 1),
+        value[0].transpose(0, 1) if value.shape[0] == 1 else value.transpose(1, 2).flatten(0, 1),
+        torch.arange(query.shape[0] + 1, device=query.device, dtype=torch.int32) * query.shape[2],
+        scaling,
+    )
+    return out.view(query.shape[0], query.shape[2], *out.shape[1:])
 
 
 def register_swaa_attention() -> None:

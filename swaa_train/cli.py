@@ -21,11 +21,13 @@ def train_main(argv: list[str]) -> None:
     )
     parser.add_argument("--recipe", required=True, help="recipes/NAME.yaml by NAME, or a path to a YAML recipe")
     parser.add_argument(
-        "overrides", nargs="*", metavar="section.field=value",
+        "overrides",
+        nargs="*",
+        metavar="section.field=value",
         help="override any recipe field, e.g. training.max_steps=20 swaa.keep_first=64",
     )
     args = parser.parse_args(argv)
-    from .config import load_recipe
+    from .recipe import load_recipe
 
     try:  # a bad recipe is a usage error: one line naming the field, no traceback
         recipe, raw = load_recipe(args.recipe, args.overrides)
@@ -67,8 +69,14 @@ def push_main(argv: list[str]) -> None:
     args = parser.parse_args(argv)
     from .hub import push_to_hub
 
-    plan = push_to_hub(args.folder, args.repo_id, private=args.private, dry_run=args.dry_run,
-                       commit_message=args.commit_message, revision=args.revision)
+    plan = push_to_hub(
+        args.folder,
+        args.repo_id,
+        private=args.private,
+        dry_run=args.dry_run,
+        commit_message=args.commit_message,
+        revision=args.revision,
+    )
     if args.dry_run:
         print(plan.describe())
 
@@ -97,8 +105,16 @@ def eval_main(argv: list[str]) -> None:
 
     settings = load_settings(args.settings) if args.settings else None
     summary = run_evaluation(
-        args.model, args.data, args.out, adapter=args.adapter, settings=settings, limit=args.limit,
-        max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, dtype=args.dtype, device=args.device,
+        args.model,
+        args.data,
+        args.out,
+        adapter=args.adapter,
+        settings=settings,
+        limit=args.limit,
+        max_new_tokens=args.max_new_tokens,
+        batch_size=args.batch_size,
+        dtype=args.dtype,
+        device=args.device,
     )
     print(format_table(summary))
 
@@ -116,8 +132,15 @@ def distill_main(argv: list[str]) -> None:
     from .distill import run_self_distill
 
     stats = run_self_distill(
-        args.model, args.data, args.out, limit=args.limit, max_new_tokens=args.max_new_tokens,
-        batch_size=args.batch_size, judge_model=args.judge_model, dtype=args.dtype, device=args.device,
+        args.model,
+        args.data,
+        args.out,
+        limit=args.limit,
+        max_new_tokens=args.max_new_tokens,
+        batch_size=args.batch_size,
+        judge_model=args.judge_model,
+        dtype=args.dtype,
+        device=args.device,
     )
     print(f"{stats['judged_correct']}/{stats['rows']} responses judged correct -> {stats['out_path']}")
 

@@ -193,8 +193,16 @@ def encode_multi_turn(
 
 
 def encode_row(
-    row: dict, index: int, *, tokenizer: PreTrainedTokenizerBase, fmt: str, system_prompt: str | None,
-    judge_filter: bool, min_length: int, max_length: int | None, has_generation_markers: bool,
+    row: dict,
+    index: int,
+    *,
+    tokenizer: PreTrainedTokenizerBase,
+    fmt: str,
+    system_prompt: str | None,
+    judge_filter: bool,
+    min_length: int,
+    max_length: int | None,
+    has_generation_markers: bool,
 ) -> dict:
     """One row -> input_ids, completion_mask and the reason to drop it ("" to keep)."""
     if fmt == "fusang_long" and judge_filter and "judge" in row and row["judge"] != 1:
@@ -279,11 +287,20 @@ def build_sft_dataset(
     if max_samples is not None and max_samples < len(rows):
         rows = rows.select(range(max_samples))
     encoded = rows.map(
-        encode_row, with_indices=True, remove_columns=rows.column_names, features=OUTPUT_FEATURES,
-        num_proc=num_proc, desc=f"Tokenizing {fmt} rows",
+        encode_row,
+        with_indices=True,
+        remove_columns=rows.column_names,
+        features=OUTPUT_FEATURES,
+        num_proc=num_proc,
+        desc=f"Tokenizing {fmt} rows",
         fn_kwargs=dict(
-            tokenizer=tokenizer, fmt=fmt, system_prompt=system_prompt, judge_filter=judge_filter,
-            min_length=min_length, max_length=max_length, has_generation_markers=has_generation_markers,
+            tokenizer=tokenizer,
+            fmt=fmt,
+            system_prompt=system_prompt,
+            judge_filter=judge_filter,
+            min_length=min_length,
+            max_length=max_length,
+            has_generation_markers=has_generation_markers,
         ),
     )
     reasons = encoded[_DROP]

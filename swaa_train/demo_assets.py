@@ -59,22 +59,38 @@ def train_tokenizer(texts: list[str], vocab_size: int = 2048) -> PreTrainedToken
     # Offsets must map back to characters for return_assistant_tokens_mask.
     backend.post_processor = processors.ByteLevel(trim_offsets=False)
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        min_frequency=2, show_progress=False,
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        min_frequency=2,
+        show_progress=False,
     )
     backend.train_from_iterator(texts, trainer)
     return PreTrainedTokenizerFast(
-        tokenizer_object=backend, pad_token=PAD_TOKEN, eos_token=EOS_TOKEN, extra_special_tokens=[IM_START],
-        chat_template=CHATML_TEMPLATE, model_max_length=32768, clean_up_tokenization_spaces=False,
+        tokenizer_object=backend,
+        pad_token=PAD_TOKEN,
+        eos_token=EOS_TOKEN,
+        extra_special_tokens=[IM_START],
+        chat_template=CHATML_TEMPLATE,
+        model_max_length=32768,
+        clean_up_tokenization_spaces=False,
     )
 
 
 def tiny_qwen3_config(tokenizer: PreTrainedTokenizerFast) -> Qwen3Config:
     """A 4-layer Qwen3 (GQA 4:2, head_dim 64) sized to the tokenizer, 32k positions."""
     return Qwen3Config(
-        vocab_size=len(tokenizer), hidden_size=256, intermediate_size=512, num_hidden_layers=4,
-        num_attention_heads=4, num_key_value_heads=2, head_dim=64, max_position_embeddings=32768,
-        tie_word_embeddings=True, bos_token_id=None, eos_token_id=tokenizer.eos_token_id,
+        vocab_size=len(tokenizer),
+        hidden_size=256,
+        intermediate_size=512,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=64,
+        max_position_embeddings=32768,
+        tie_word_embeddings=True,
+        bos_token_id=None,
+        eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
 

@@ -15,8 +15,8 @@ from pathlib import Path
 
 from transformers.utils import logging
 
-from .config import SWAAConfig
 from .evaluate import is_correct, load_eval_rows, normalize_answer
+from .swaa_config import SWAAConfig
 
 logger = logging.get_logger(__name__)
 
@@ -55,8 +55,15 @@ def _write_parquet_atomic(rows: list[dict], out_path: Path) -> None:
 
 
 def run_self_distill(
-    model: str, data: str, out_path: str, limit: int | None = None, max_new_tokens: int = 256, batch_size: int = 4,
-    judge_model: str | None = None, dtype: str = "auto", device: str | None = None,
+    model: str,
+    data: str,
+    out_path: str,
+    limit: int | None = None,
+    max_new_tokens: int = 256,
+    batch_size: int = 4,
+    judge_model: str | None = None,
+    dtype: str = "auto",
+    device: str | None = None,
 ) -> dict:
     """Write the distilled parquet to `out_path`; return counts (rows, judged correct)."""
     from .inference import generate, load_swaa_model
@@ -65,8 +72,13 @@ def run_self_distill(
     # The teacher is the original model as pretrained: full attention, no adapter.
     teacher, tokenizer = load_swaa_model(model, swaa=SWAAConfig(), dtype=dtype, device=device)
     responses = generate(
-        teacher, tokenizer, [r["prompt"] for r in rows], max_new_tokens=max_new_tokens, batch_size=batch_size,
-        progress=True, desc="distill",
+        teacher,
+        tokenizer,
+        [r["prompt"] for r in rows],
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        progress=True,
+        desc="distill",
     )
     rule = [int(is_correct(resp, row["answer"])) for row, resp in zip(rows, responses)]
     judge = rule
@@ -75,8 +87,7 @@ def run_self_distill(
         judge_llm, judge_tokenizer = load_swaa_model(judge_model, swaa=SWAAConfig(), dtype=dtype, device=device)
         judge = judge_with_model(judge_llm, judge_tokenizer, rows, responses, batch_size)
     out_rows = [
-        {**row, "response": resp, "judge": j, "judge_rule": r}
-        for row, resp, j, r in zip(rows, responses, judge, rule)
+        {**row, "response": resp, "judge": j, "judge_rule": r} for row, resp, j, r in zip(rows, responses, judge, rule)
     ]
     _write_parquet_atomic(out_rows, Path(out_path))
     stats = {"rows": len(out_rows), "judged_correct": sum(judge), "out_path": str(out_path)}

@@ -19,7 +19,8 @@ from pathlib import Path
 
 from transformers.utils import logging
 
-from .config import SWAAConfig, load_yaml
+from .recipe import load_yaml
+from .swaa_config import SWAAConfig
 
 logger = logging.get_logger(__name__)
 
@@ -76,7 +77,7 @@ class EvalSetting:
     adapter: bool = False
 
     @classmethod
-    def from_dict(cls, data: dict) -> "EvalSetting":
+    def from_dict(cls, data: dict) -> EvalSetting:
         unknown = sorted(set(data) - {"name", "swaa", "adapter"})
         if unknown or "name" not in data:
             raise ValueError(f"setting {data!r}: needs 'name', may have 'swaa' and 'adapter'; unknown: {unknown}")
@@ -152,8 +153,14 @@ def evaluate_setting(
             model, tokenizer, [r["prompt"] for r in rows], desc=_label(setting), return_memory=True, **generate_kwargs
         )
     records = [
-        {"setting": _label(setting), "index": i, "question": row.get("question"), "answer": row["answer"],
-         "response": response, "correct": is_correct(response, row["answer"])}
+        {
+            "setting": _label(setting),
+            "index": i,
+            "question": row.get("question"),
+            "answer": row["answer"],
+            "response": response,
+            "correct": is_correct(response, row["answer"]),
+        }
         for i, (row, response) in enumerate(zip(rows, responses))
     ]
     return records, memory
@@ -175,8 +182,12 @@ def summarize(setting: EvalSetting, records: list[dict], memory: dict | None, re
     same = [r["response"] == ref["response"] for r, ref in zip(records, reference)] if reference else []
     full_bytes = memory["full_cache_bytes"] if memory else 0
     return {
-        "setting": _label(setting), "adapter": setting.adapter, "swaa": setting.swaa.to_dict(),
-        "describe": setting.swaa.describe(), "correct": correct, "total": len(records),
+        "setting": _label(setting),
+        "adapter": setting.adapter,
+        "swaa": setting.swaa.to_dict(),
+        "describe": setting.swaa.describe(),
+        "correct": correct,
+        "total": len(records),
         "accuracy": correct / len(records) if records else 0.0,
         "same_as_reference": sum(same) / len(same) if same else None,
         "kv_cache_saved": memory["saved_bytes"] / full_bytes if full_bytes else 0.0,
@@ -202,8 +213,15 @@ def format_table(summary: list[dict]) -> str:
 
 
 def run_evaluation(
-    model: str, data: str, out_dir: str, adapter: str | None = None, settings: list[EvalSetting] | None = None,
-    limit: int | None = None, max_new_tokens: int = 32, batch_size: int = 4, dtype: str = "auto",
+    model: str,
+    data: str,
+    out_dir: str,
+    adapter: str | None = None,
+    settings: list[EvalSetting] | None = None,
+    limit: int | None = None,
+    max_new_tokens: int = 32,
+    batch_size: int = 4,
+    dtype: str = "auto",
     device: str | None = None,
 ) -> list[dict]:
     """Evaluate every setting on the rows of `data`; write samples.jsonl, results.json, results.md."""

@@ -10,70 +10,23 @@ renamed at the end, so a failure leaves no half-written model behind.
 
 from __future__ import annotations
 
-import json
 import shutil
 import tempfile
 from pathlib import Path
 
 from transformers.utils import logging
 
-from .config import SWAA_CONFIG_NAME, SWAAConfig
+from .swaa_config import (
+    ADAPTER_CONFIG_NAME,
+    SWAA_CONFIG_NAME,
+    SWAAConfig,
+    find_swaa_config,
+    has_tokenizer,
+    is_adapter_dir,
+    resolve_base_model,
+)
 
 logger = logging.get_logger(__name__)
-
-ADAPTER_CONFIG_NAME = "adapter_config.json"
-RANDOM_BASE_DIR = "base-model"  # where run.py keeps a random-init base beside its adapter
-TOKENIZER_FILES = ("tokenizer_config.json", "tokenizer.json")
-
-
-# ------------------------------------------------------------------------------------------
-# Reading an adapter or model directory
-# ------------------------------------------------------------------------------------------
-def is_adapter_dir(path: str | Path) -> bool:
-    return (Path(path) / ADAPTER_CONFIG_NAME).is_file()
-
-
-def has_tokenizer(path: str | Path) -> bool:
-    return any((Path(path) / name).is_file() for name in TOKENIZER_FILES)
-
-
-def resolve_base_model(adapter_dir: str | Path) -> str:
-    """The base an adapter was trained on: its saved random-init base if any, else PEFT's record."""
-    adapter_dir = Path(adapter_dir)
-    if (adapter_dir / RANDOM_BASE_DIR / "config.json").is_file():
-        return str(adapter_dir / RANDOM_BASE_DIR)
-    if not is_adapter_dir(adapter_dir):
-        raise ValueError(f"adapter_dir: {adapter_dir} has no {ADAPTER_CONFIG_NAME}")
-    base = json.loads((adapter_dir / ADAPTER_CONFIG_NAME).read_text()).get("base_model_name_or_path")
-    if not base:
-        raise ValueError(f"{adapter_dir / ADAPTER_CONFIG_NAME}: base_model_name_or_path is empty; pass the base model")
-    return base
-
-
-def _hub_file(repo_id: str, filename: str) -> str | None:
-    """A file of a Hub repo, or None when the repo, the file or the network is missing."""
-    if repo_id.count("/") != 1 or repo_id.startswith((".", "/")):
-        return None
-    from huggingface_hub import hf_hub_download
-
-    try:
-        return hf_hub_download(repo_id, filename)
-    except Exception as err:  # offline, no such repo or file: all mean "no config here"
-        logger.debug("No %s in %s: %s", filename, repo_id, err)
-        return None
-
-
-def find_swaa_config(path: str | Path) -> SWAAConfig | None:
-    """The SWAA settings saved with a model or adapter (swaa_config.json, else config.json's entry)."""
-    local = Path(path)
-    if local.is_dir():
-        if (local / SWAA_CONFIG_NAME).is_file():
-            return SWAAConfig.load(local)
-        config_file = local / "config.json"
-        entry = json.loads(config_file.read_text()).get("swaa_config") if config_file.is_file() else None
-        return SWAAConfig.from_dict(entry) if entry is not None else None
-    downloaded = _hub_file(str(path), SWAA_CONFIG_NAME)
-    return SWAAConfig.load(downloaded) if downloaded else None
 
 
 # ------------------------------------------------------------------------------------------
@@ -130,7 +83,10 @@ def _move_into_place(tmp: Path, out: Path) -> None:
 
 
 def merge_adapter(
-    adapter_dir: str | Path, out_dir: str | Path, base_model: str | None = None, dtype: str = "auto",
+    adapter_dir: str | Path,
+    out_dir: str | Path,
+    base_model: str | None = None,
+    dtype: str = "auto",
     overwrite: bool = False,
 ) -> Path:
     """Merge the LoRA adapter in `adapter_dir` into its base; write the model to `out_dir`."""
@@ -145,7 +101,9 @@ def merge_adapter(
         raise ValueError(f"out_dir: {out} already exists (pass overwrite=True / --overwrite to replace it)")
     swaa = find_swaa_config(adapter_dir)
     if swaa is None:
-        raise ValueError(f"adapter_dir: {adapter_dir} has no {SWAA_CONFIG_NAME}; the merged model would lose its SWAA settings")
+        raise ValueError(
+            f"adapter_dir: {adapter_dir} has no {SWAA_CONFIG_NAME}; the merged model would lose its SWAA settings"
+        )
     base_model = base_model or resolve_base_model(adapter_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))

@@ -16,16 +16,26 @@ from pathlib import Path
 
 from transformers.utils import logging
 
-from .config import SWAA_CONFIG_NAME
-from .export import RANDOM_BASE_DIR, find_swaa_config, is_adapter_dir, merged_model_card, resolve_base_model
+from .export import merged_model_card
+from .swaa_config import RANDOM_BASE_DIR, SWAA_CONFIG_NAME, find_swaa_config, is_adapter_dir, resolve_base_model
 
 logger = logging.get_logger(__name__)
 
 CARD_NAME = "README.md"
 # Matched against every part of a file's path relative to the folder.
 EXCLUDE = (
-    "checkpoint-*", "runs", RANDOM_BASE_DIR, "merged", "eval", ".*", "__pycache__", "optimizer.pt", "scheduler.pt",
-    "rng_state*.pth", "trainer_state.json", "training_args.bin",
+    "checkpoint-*",
+    "runs",
+    RANDOM_BASE_DIR,
+    "merged",
+    "eval",
+    ".*",
+    "__pycache__",
+    "optimizer.pt",
+    "scheduler.pt",
+    "rng_state*.pth",
+    "trainer_state.json",
+    "training_args.bin",
 )
 
 
@@ -95,7 +105,11 @@ def plan_upload(folder: str | Path, repo_id: str) -> UploadPlan:
 
 
 def push_to_hub(
-    folder: str | Path, repo_id: str, private: bool = False, dry_run: bool = False, commit_message: str | None = None,
+    folder: str | Path,
+    repo_id: str,
+    private: bool = False,
+    dry_run: bool = False,
+    commit_message: str | None = None,
     revision: str | None = None,
 ) -> UploadPlan:
     """Create `repo_id` if needed and upload the planned files of `folder`; `dry_run` uploads nothing."""
@@ -109,8 +123,11 @@ def push_to_hub(
     api = HfApi()  # resolves the token from the environment or the login cache
     url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
     api.upload_folder(
-        folder_path=str(plan.folder), repo_id=str(getattr(url, "repo_id", repo_id)), repo_type="model",
-        allow_patterns=plan.files, commit_message=commit_message or "Upload SWAA model with swaa-train",
+        folder_path=str(plan.folder),
+        repo_id=str(getattr(url, "repo_id", repo_id)),
+        repo_type="model",
+        allow_patterns=plan.files,
+        commit_message=commit_message or "Upload SWAA model with swaa-train",
         revision=revision,
     )
     logger.info("Uploaded %d files of %s to %s", len(plan.files), plan.folder, url)

@@ -13,7 +13,6 @@ A sliding layer without FA decode never looks past its sinks and its window, so 
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
@@ -21,9 +20,8 @@ from transformers.cache_utils import Cache, DynamicCache, DynamicLayer, DynamicS
 from transformers.utils import logging
 
 from .attention import ATTN_IMPLEMENTATION, apply_swaa, register_swaa_attention
-from .config import SWAAConfig
-from .export import find_swaa_config, has_tokenizer, is_adapter_dir, resolve_base_model
 from .model import DTYPES
+from .swaa_config import SWAAConfig, find_swaa_config, has_tokenizer, is_adapter_dir, resolve_base_model
 
 logger = logging.get_logger(__name__)
 
@@ -151,7 +149,10 @@ def set_swaa(model, swaa: SWAAConfig):
 
 
 def load_swaa_model(
-    model: str, adapter: str | None = None, swaa: SWAAConfig | None = None, dtype: str = "auto",
+    model: str,
+    adapter: str | None = None,
+    swaa: SWAAConfig | None = None,
+    dtype: str = "auto",
     device: str | None = None,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Model and tokenizer ready to generate with SWAA attention.
@@ -207,8 +208,12 @@ def left_pad_lengths(attention_mask: torch.Tensor) -> torch.Tensor:
 
 
 def generate_ids(
-    model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, max_new_tokens: int = 32,
-    use_cache: bool = True, **generate_kwargs,
+    model,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    max_new_tokens: int = 32,
+    use_cache: bool = True,
+    **generate_kwargs,
 ) -> Generation:
     """Greedy (unless told otherwise) generation of left-padded prompts under the model's SWAA settings."""
     if attention_mask is None:
@@ -227,13 +232,16 @@ def generate_ids(
         raise ValueError("use_cache=False cannot apply FA decode through generate(); use the KV cache")
     with torch.no_grad():
         out = model.generate(
-            input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=max_new_tokens, use_cache=use_cache,
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            max_new_tokens=max_new_tokens,
+            use_cache=use_cache,
             **generate_kwargs,
         )
     memory = cache.memory_report() if cache is not None else None
     if memory:
         logger.debug(describe_memory(memory))
-    return Generation(out[:, input_ids.shape[1]:], memory)
+    return Generation(out[:, input_ids.shape[1] :], memory)
 
 
 def describe_memory(memory: dict) -> str:
@@ -256,9 +264,17 @@ def format_prompt(tokenizer: PreTrainedTokenizerBase, text: str, system_prompt: 
 
 
 def generate(
-    model, tokenizer: PreTrainedTokenizerBase, prompts: list[str], max_new_tokens: int = 64, batch_size: int = 8,
-    chat: bool = True, use_cache: bool = True, progress: bool = False, desc: str = "generate",
-    return_memory: bool = False, **generate_kwargs,
+    model,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: list[str],
+    max_new_tokens: int = 64,
+    batch_size: int = 8,
+    chat: bool = True,
+    use_cache: bool = True,
+    progress: bool = False,
+    desc: str = "generate",
+    return_memory: bool = False,
+    **generate_kwargs,
 ) -> list[str] | tuple[list[str], dict | None]:
     """Responses to `prompts` (batched, shortest first to waste little on padding), in input order.
 
@@ -275,11 +291,15 @@ def generate(
     batches = range(0, len(order), batch_size)
     largest = None  # memory report of the batch with the largest cache, logged once at the end
     for start in tqdm(batches, desc=desc, disable=not progress):
-        rows = order[start:start + batch_size]
+        rows = order[start : start + batch_size]
         batch = tokenizer.pad({"input_ids": [encoded[i] for i in rows]}, padding_side="left", return_tensors="pt")
         result = generate_ids(
-            model, batch["input_ids"].to(device), batch["attention_mask"].to(device), max_new_tokens=max_new_tokens,
-            use_cache=use_cache, **generate_kwargs,
+            model,
+            batch["input_ids"].to(device),
+            batch["attention_mask"].to(device),
+            max_new_tokens=max_new_tokens,
+            use_cache=use_cache,
+            **generate_kwargs,
         )
         for i, ids in zip(rows, result.sequences):
             responses[i] = tokenizer.decode(ids, skip_special_tokens=True).strip()

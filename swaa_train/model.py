@@ -7,7 +7,8 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTra
 from transformers.utils import logging
 
 from .attention import ATTN_IMPLEMENTATION, apply_swaa, check_supported, register_swaa_attention
-from .config import ModelArgs, SWAAConfig
+from .recipe import ModelArgs
+from .swaa_config import SWAAConfig
 
 logger = logging.get_logger(__name__)
 
@@ -33,7 +34,9 @@ def load_model(args: ModelArgs, swaa: SWAAConfig) -> PreTrainedModel:
     if args.from_config:
         logger.info("Random-initialising %s from its config (no weights read)", args.name_or_path)
         model = AutoModelForCausalLM.from_config(
-            config, dtype=config.dtype if dtype == "auto" else dtype, attn_implementation=ATTN_IMPLEMENTATION,
+            config,
+            dtype=config.dtype if dtype == "auto" else dtype,
+            attn_implementation=ATTN_IMPLEMENTATION,
             trust_remote_code=args.trust_remote_code,
         )
     else:

@@ -8,10 +8,10 @@ from transformers import set_seed
 from transformers.integrations import is_deepspeed_zero3_enabled
 from transformers.utils import logging
 
-from .config import DataArgs, Recipe, load_recipe
 from .data import build_sft_dataset, load_rows
-from .memory import MemoryCallback, configure_training
+from .memory import configure_training
 from .model import load_model, load_tokenizer
+from .recipe import DataArgs, Recipe, load_recipe
 from .trainer import SWAATrainer, lora_config
 
 logger = logging.get_logger(__name__)
@@ -23,8 +23,10 @@ def load_training_rows(args: DataArgs) -> Dataset:
         from .synthetic import make_longqa_rows
 
         rows = make_longqa_rows(
-            args.synthetic_rows, seed=args.synthetic_seed,
-            min_words=args.synthetic_words[0], max_words=args.synthetic_words[1],
+            args.synthetic_rows,
+            seed=args.synthetic_seed,
+            min_words=args.synthetic_words[0],
+            max_words=args.synthetic_words[1],
         )
         return Dataset.from_list(rows)
     return load_rows(args.path, split=args.split)
@@ -44,27 +46,38 @@ def save_random_base(model, tokenizer, output_dir: str) -> str:
 
 def build_trainer(recipe: Recipe, raw: dict | None = None) -> SWAATrainer:
     set_seed(recipe.training.seed)
-    configure_training(recipe.memory, recipe.training)
+    training = configure_training(recipe.memory, recipe.training)
     tokenizer = load_tokenizer(recipe.model)
     model = load_model(recipe.model, recipe.swaa)
     logger.info("SWAA attention: %s", recipe.swaa.describe())
     base_model = recipe.model.name_or_path
     if recipe.model.from_config:
-        base_model = save_random_base(model, tokenizer, recipe.training.output_dir)
+        base_model = save_random_base(model, tokenizer, training.output_dir)
     data = recipe.data
     with PartialState().main_process_first():
         dataset = build_sft_dataset(
-            load_training_rows(data), tokenizer, format=data.format, min_length=data.min_length,
-            max_length=data.max_length, judge_filter=data.judge_filter, system_prompt=data.system_prompt,
-            max_samples=data.max_samples, num_proc=data.num_proc,
+            load_training_rows(data),
+            tokenizer,
+            format=data.format,
+            min_length=data.min_length,
+            max_length=data.max_length,
+            judge_filter=data.judge_filter,
+            system_prompt=data.system_prompt,
+            max_samples=data.max_samples,
+            num_proc=data.num_proc,
         )
     logger.info("Training on %d samples", len(dataset))
     trainer = SWAATrainer(
-        model=model, args=recipe.training, train_dataset=dataset, processing_class=tokenizer,
-        peft_config=lora_config(recipe.lora), swaa_config=recipe.swaa, base_model=base_model,
-        recipe_name=recipe.name, recipe_raw=raw,
+        model=model,
+        args=training,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        peft_config=lora_config(recipe.lora),
+        swaa_config=recipe.swaa,
+        base_model=base_model,
+        recipe_name=recipe.name,
+        recipe_raw=raw,
     )
-    trainer.add_callback(MemoryCallback(recipe.memory))
     return trainer
 
 

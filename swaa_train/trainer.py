@@ -18,6 +18,7 @@ while the attention sees the whole row for a subset of heads; the per-document f
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import torch
@@ -25,35 +26,24 @@ import yaml
 from peft import LoraConfig
 from trl import SFTTrainer
 
-from .attention import ATTN_IMPLEMENTATION, FULL_FROM_KWARG
-from .config import LoraArgs, SWAAConfig
+from .attention import ATTN_IMPLEMENTATION, FULL_FROM_KEY, full_from_of_labels
+from .recipe import LoraArgs
+from .swaa_config import SWAAConfig
 
-IGNORE_INDEX = -100
 # Batch entries with one value per document (or document boundary), not one per token.
-PER_DOCUMENT_KEYS = ("cu_seq_lens_q", "cu_seq_lens_k", FULL_FROM_KWARG)
+PER_DOCUMENT_KEYS = ("cu_seq_lens_q", "cu_seq_lens_k", FULL_FROM_KEY)
 
 
 def lora_config(args: LoraArgs) -> LoraConfig:
     return LoraConfig(
-        r=args.r, lora_alpha=args.alpha, lora_dropout=args.dropout, target_modules=list(args.target_modules),
-        use_rslora=args.use_rslora, bias=args.bias, task_type="CAUSAL_LM",
+        r=args.r,
+        lora_alpha=args.alpha,
+        lora_dropout=args.dropout,
+        target_modules=list(args.target_modules),
+        use_rslora=args.use_rslora,
+        bias=args.bias,
+        task_type="CAUSAL_LM",
     )
-
-
-def first_supervised(labels: torch.Tensor, cu_seqlens: torch.Tensor) -> torch.Tensor:
-    """Per document of a packed row, the offset of its first supervised token (its length if none).
-
-    labels: (total,), IGNORE_INDEX where unsupervised; cu_seqlens: (docs + 1,) int32.
-    """
-    total, docs = labels.numel(), cu_seqlens.numel() - 1
-    lengths = cu_seqlens.diff().long()
-    doc_of = torch.repeat_interleave(torch.arange(docs), lengths)
-    offset = torch.arange(total) - cu_seqlens[:-1].long()[doc_of]
-    # Unsupervised tokens count as lying at the document's end.
-    candidate = torch.where(labels != IGNORE_INDEX, offset, lengths[doc_of])
-    first = lengths.clone()
-    first.scatter_reduce_(0, doc_of, candidate, reduce="amin")
-    return first.to(torch.int32)
 
 
 class FullFromCollator:
@@ -73,11 +63,11 @@ class FullFromCollator:
         batch = self.collator(examples)
         labels = batch["labels"]
         if "cu_seq_lens_q" in batch:  # padding-free: one packed row
-            batch["swaa_full_from"] = first_supervised(labels[0], batch["cu_seq_lens_q"])
+            batch[FULL_FROM_KEY] = full_from_of_labels(labels[0], batch["cu_seq_lens_q"])
         else:  # one right-padded document per row
             width = labels.shape[1]
             cu = torch.arange(labels.shape[0] + 1, dtype=torch.int32) * width
-            batch["swaa_full_from"] = first_supervised(labels.reshape(-1), cu)
+            batch[FULL_FROM_KEY] = full_from_of_labels(labels.reshape(-1), cu)
         if self.per_document_as_lists:
             for key in PER_DOCUMENT_KEYS:
                 if key in batch:
@@ -118,7 +108,7 @@ or with plain PEFT, on a base switched to SWAA attention with the saved config:
 from peft import PeftModel
 from transformers import AutoModelForCausalLM
 from swaa_train.attention import apply_swaa
-from swaa_train.config import SWAAConfig
+from swaa_train.swaa_config import SWAAConfig
 base = apply_swaa(AutoModelForCausalLM.from_pretrained("{base_model}"), SWAAConfig.load("<this directory>"))
 model = PeftModel.from_pretrained(base, "<this repo or directory>")
 ```
@@ -132,12 +122,20 @@ model = PeftModel.from_pretrained(base, "<this repo or directory>")
 class SWAATrainer(SFTTrainer):
     """SFTTrainer under the SWAA mask; saves swaa_config.json and a card beside every adapter."""
 
-    def __init__(self, *args, swaa_config: SWAAConfig, base_model: str = "unknown",
-                 recipe_name: str = "custom", recipe_raw: dict | None = None, **kwargs):
+    def __init__(
+        self,
+        *args,
+        swaa_config: SWAAConfig,
+        base_model: str = "unknown",
+        recipe_name: str = "custom",
+        recipe_raw: dict | None = None,
+        **kwargs,
+    ):
         training_args = kwargs.get("args")
-        # Our datasets are pre-tokenized with a completion_mask: train on the answer only.
+        # Our datasets are pre-tokenized with a completion_mask: train on the answer only
+        # (on a copy: the caller's config stays as it was).
         if training_args is not None and training_args.completion_only_loss is None:
-            training_args.completion_only_loss = True
+            kwargs["args"] = dataclasses.replace(training_args, completion_only_loss=True)
         super().__init__(*args, **kwargs)
         self.swaa_config = swaa_config
         self.base_model = base_model
@@ -161,10 +159,21 @@ class SWAATrainer(SFTTrainer):
     def _prepare_inputs(self, inputs):
         return per_document_tensors(super()._prepare_inputs(inputs), self.args.device)
 
-    def _save(self, output_dir: str | None = None, state_dict=None):
-        super()._save(output_dir, state_dict=state_dict)
-        output_dir = Path(output_dir or self.args.output_dir)
-        if self.args.should_save:
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False):
+        """Save the adapter (final or checkpoint) with its swaa_config.json and SWAA model card."""
+        super().save_model(output_dir, _internal_call=_internal_call)
+        self.write_swaa_files(output_dir or self.args.output_dir)
+
+    def create_model_card(self, *args, **kwargs):
+        """The SWAA card in place of TRL's generic one (TRL writes its card at every checkpoint)."""
+        self.write_swaa_files(self.args.output_dir, config=False)
+
+    def write_swaa_files(self, output_dir: str, config: bool = True) -> None:
+        if not self.args.should_save:
+            return
+        output_dir = Path(output_dir)
+        output_dir.mkdir(parents=True, exist_ok=True)
+        if config:
             self.swaa_config.save(output_dir)
-            card = model_card(self.swaa_config, self.base_model, self.recipe_name, self.recipe_raw)
-            (output_dir / "README.md").write_text(card)
+        card = model_card(self.swaa_config, self.base_model, self.recipe_name, self.recipe_raw)
+        (output_dir / "README.md").write_text(card)

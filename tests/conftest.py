@@ -9,8 +9,14 @@ from transformers import AutoModelForCausalLM, LlamaConfig, MistralConfig, Qwen2
 VOCAB = 97
 
 _COMMON = dict(
-    vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=3, num_attention_heads=4,
-    num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=False,
+    vocab_size=VOCAB,
+    hidden_size=64,
+    intermediate_size=96,
+    num_hidden_layers=3,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=512,
+    tie_word_embeddings=False,
 )
 
 TINY_CONFIGS = {
@@ -19,8 +25,12 @@ TINY_CONFIGS = {
     "llama": lambda: LlamaConfig(**_COMMON),
     "mistral": lambda: MistralConfig(**_COMMON, sliding_window=None),
     "qwen3_moe": lambda: Qwen3MoeConfig(
-        **{**_COMMON, "intermediate_size": 64}, head_dim=16, num_experts=4, num_experts_per_tok=2,
-        moe_intermediate_size=32, decoder_sparse_step=1,
+        **{**_COMMON, "intermediate_size": 64},
+        head_dim=16,
+        num_experts=4,
+        num_experts_per_tok=2,
+        moe_intermediate_size=32,
+        decoder_sparse_step=1,
     ),
 }
 

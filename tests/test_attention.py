@@ -10,7 +10,7 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from swaa_attn import visible
 from swaa_train.attention import apply_swaa, check_supported, swaa_attention_forward
-from swaa_train.config import SWAAConfig
+from swaa_train.swaa_config import SWAAConfig
 
 DENSE = "dense_swaa_test"
 
@@ -26,7 +26,7 @@ def dense_masks(swaa: SWAAConfig, doc_lens, full_from, num_layers, q_len=None):
         start = 0
         for n, ff in zip(doc_lens, full_from):
             pos = torch.arange(n)
-            mask[start:start + n, start:start + n] = visible(
+            mask[start : start + n, start : start + n] = visible(
                 pos, pos, window=window, keep_first=swaa.keep_first, full_from=ff if fa else float("inf")
             )
             start += n
@@ -36,6 +36,7 @@ def dense_masks(swaa: SWAAConfig, doc_lens, full_from, num_layers, q_len=None):
 
 def run_dense(model, input_ids, position_ids, masks):
     """Forward with sdpa under the given per-layer dense masks."""
+
     def attend(module, query, key, value, attention_mask, **kw):
         mask = masks[module.layer_idx][None, None].to(query.device)
         return sdpa_attention_forward(module, query, key, value, mask, **kw)
@@ -72,8 +73,12 @@ def test_packed_logits_match_dense_mask(arch, case):
     apply_swaa(model, swaa)
     with torch.no_grad():
         got = model(
-            input_ids=ids, position_ids=pos, cu_seq_lens_q=cu, cu_seq_lens_k=cu,
-            max_length_q=max(doc_lens), max_length_k=max(doc_lens),
+            input_ids=ids,
+            position_ids=pos,
+            cu_seq_lens_q=cu,
+            cu_seq_lens_k=cu,
+            max_length_q=max(doc_lens),
+            max_length_k=max(doc_lens),
             swaa_full_from=torch.tensor(full_from, dtype=torch.int32),
         ).logits
     torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
@@ -103,13 +108,13 @@ def test_left_padded_batch_matches_each_row_alone():
     ids = torch.zeros(2, width, dtype=torch.long)
     mask = torch.zeros(2, width, dtype=torch.long)
     for b, r in enumerate(rows):
-        ids[b, width - len(r):] = r
-        mask[b, width - len(r):] = 1
+        ids[b, width - len(r) :] = r
+        mask[b, width - len(r) :] = 1
     with torch.no_grad():
         batched = model(input_ids=ids, attention_mask=mask).logits
         for b, r in enumerate(rows):
             alone = model(input_ids=r[None]).logits[0]
-            torch.testing.assert_close(batched[b, width - len(r):], alone, atol=1e-4, rtol=1e-4)
+            torch.testing.assert_close(batched[b, width - len(r) :], alone, atol=1e-4, rtol=1e-4)
 
 
 def test_full_attention_config_equals_sdpa_causal():

@@ -220,8 +220,11 @@ BAD_ROWS = [  # (format, how row 3 is broken, field the error must name)
     ("prompt_completion", {"prompt": None}, "prompt"),
     ("instruction_output", {"output": "\t"}, "output"),
     ("instruction_output", {"instruction": None}, "instruction"),
-    ("messages", {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": " "}]},
-     "messages[1].content"),
+    (
+        "messages",
+        {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": " "}]},
+        "messages[1].content",
+    ),
     ("messages", {"messages": [{"role": "user", "content": "Hi"}]}, "messages"),
     ("messages", {"messages": []}, "messages"),
     ("messages", {"messages": [{"content": "Hi"}, {"role": "assistant", "content": "x"}]}, "messages[0]"),

@@ -26,8 +26,21 @@ def demo(tmp_path_factory):
 def test_distill_end_to_end_writes_what_the_trainer_reads(demo, tmp_path, capfd):
     base, data, rows = demo
     out = tmp_path / "distilled.parquet"
-    main(["distill", "--model", str(base), "--data", str(data), "--out", str(out), "--limit", "3",
-          "--max-new-tokens", "4"])
+    main(
+        [
+            "distill",
+            "--model",
+            str(base),
+            "--data",
+            str(data),
+            "--out",
+            str(out),
+            "--limit",
+            "3",
+            "--max-new-tokens",
+            "4",
+        ]
+    )
     written = pd.read_parquet(out)
     assert len(written) == 3 and {"question", "answer", "prompt", "response", "judge"} <= set(written.columns)
     assert written["prompt"].tolist() == [r["prompt"] for r in rows[:3]]
@@ -41,6 +54,7 @@ def test_distill_end_to_end_writes_what_the_trainer_reads(demo, tmp_path, capfd)
 
 def test_judged_rows_are_filtered_by_the_loader(demo, tmp_path, monkeypatch):
     base, data, rows = demo
+
     # A teacher that answers right on even rows only.
     def fake_generate(model, tokenizer, prompts, **kwargs):
         return [f"It is {rows[i]['answer']}." if i % 2 == 0 else "I do not know." for i in range(len(prompts))]

@@ -26,8 +26,12 @@ CONFIGS = ROOT / "recipes" / "accelerate"
 
 # A few seconds of training per process: 4 optimizer steps on 1-2 packed rows of <= 1024 tokens.
 TINY = [
-    "training.max_steps=4", "training.logging_steps=1", "training.save_steps=4",
-    "data.synthetic_rows=16", "data.synthetic_words=[80,160]", "training.max_length=1024",
+    "training.max_steps=4",
+    "training.logging_steps=1",
+    "training.save_steps=4",
+    "data.synthetic_rows=16",
+    "data.synthetic_words=[80,160]",
+    "training.max_length=1024",
     "swaa.sliding_window_size=32",
 ]
 # fp32 on CPU: the two runs differ only in reduction order (DDP sums two per-rank gradients,
@@ -60,24 +64,46 @@ def _launch_env(args) -> dict:
 EXPECTED_ENV = {
     "ddp": {"ACCELERATE_MIXED_PRECISION": "bf16"},
     "fsdp2": {
-        "ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2", "FSDP_RESHARD_AFTER_FORWARD": "true",
-        "FSDP_AUTO_WRAP_POLICY": "TRANSFORMER_BASED_WRAP", "FSDP_STATE_DICT_TYPE": "FULL_STATE_DICT",
+        "ACCELERATE_USE_FSDP": "true",
+        "FSDP_VERSION": "2",
+        "FSDP_RESHARD_AFTER_FORWARD": "true",
+        "FSDP_AUTO_WRAP_POLICY": "TRANSFORMER_BASED_WRAP",
+        "FSDP_STATE_DICT_TYPE": "FULL_STATE_DICT",
         "FSDP_ACTIVATION_CHECKPOINTING": "false",
     },
-    "zero2": {"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "2",
-              "ACCELERATE_MIXED_PRECISION": "bf16"},
-    "zero3": {"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "3",
-              "ACCELERATE_DEEPSPEED_ZERO3_SAVE_16BIT_MODEL": "true",
-              "ACCELERATE_DEEPSPEED_OFFLOAD_PARAM_DEVICE": "none"},
-    "zero3_offload": {"ACCELERATE_DEEPSPEED_ZERO_STAGE": "3", "ACCELERATE_DEEPSPEED_OFFLOAD_PARAM_DEVICE": "cpu",
-                      "ACCELERATE_DEEPSPEED_OFFLOAD_OPTIMIZER_DEVICE": "cpu",
-                      "ACCELERATE_DEEPSPEED_ZERO3_SAVE_16BIT_MODEL": "true"},
-    "sp": {"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "3",
-           "ACCELERATE_USE_PARALLELISM_CONFIG": "true", "PARALLELISM_CONFIG_SP_SIZE": "2",
-           "PARALLELISM_CONFIG_SP_BACKEND": "deepspeed"},
+    "zero2": {
+        "ACCELERATE_USE_DEEPSPEED": "true",
+        "ACCELERATE_DEEPSPEED_ZERO_STAGE": "2",
+        "ACCELERATE_MIXED_PRECISION": "bf16",
+    },
+    "zero3": {
+        "ACCELERATE_USE_DEEPSPEED": "true",
+        "ACCELERATE_DEEPSPEED_ZERO_STAGE": "3",
+        "ACCELERATE_DEEPSPEED_ZERO3_SAVE_16BIT_MODEL": "true",
+        "ACCELERATE_DEEPSPEED_OFFLOAD_PARAM_DEVICE": "none",
+    },
+    "zero3_offload": {
+        "ACCELERATE_DEEPSPEED_ZERO_STAGE": "3",
+        "ACCELERATE_DEEPSPEED_OFFLOAD_PARAM_DEVICE": "cpu",
+        "ACCELERATE_DEEPSPEED_OFFLOAD_OPTIMIZER_DEVICE": "cpu",
+        "ACCELERATE_DEEPSPEED_ZERO3_SAVE_16BIT_MODEL": "true",
+    },
+    "sp": {
+        "ACCELERATE_USE_DEEPSPEED": "true",
+        "ACCELERATE_DEEPSPEED_ZERO_STAGE": "3",
+        "ACCELERATE_USE_PARALLELISM_CONFIG": "true",
+        "PARALLELISM_CONFIG_SP_SIZE": "2",
+        "PARALLELISM_CONFIG_SP_BACKEND": "deepspeed",
+    },
 }
-ENGINE = {"ddp": "multi_gpu", "fsdp2": "use_fsdp", "zero2": "use_deepspeed", "zero3": "use_deepspeed",
-          "zero3_offload": "use_deepspeed", "sp": "use_deepspeed"}
+ENGINE = {
+    "ddp": "multi_gpu",
+    "fsdp2": "use_fsdp",
+    "zero2": "use_deepspeed",
+    "zero3": "use_deepspeed",
+    "zero3_offload": "use_deepspeed",
+    "sp": "use_deepspeed",
+}
 
 
 def test_every_config_file_is_checked():
@@ -108,15 +134,33 @@ def test_ddp_two_processes_match_one_process(tmp_path):
     # `accelerate launch --cpu` runs a single process (multi-CPU needs mpirun), so launch
     # through torchrun with the DDP config; `training.use_cpu` makes accelerate pick gloo.
     cmd = [
-        sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CONFIGS / "ddp.yaml"),
-        "--num_processes", "2", "--mixed_precision", "no", "--main_process_port", str(_free_port()),
-        "train.py", "--recipe", "demo", *TINY, "training.use_cpu=true", f"training.output_dir={ddp_dir}",
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(CONFIGS / "ddp.yaml"),
+        "--num_processes",
+        "2",
+        "--mixed_precision",
+        "no",
+        "--main_process_port",
+        str(_free_port()),
+        "train.py",
+        "--recipe",
+        "demo",
+        *TINY,
+        "training.use_cpu=true",
+        f"training.output_dir={ddp_dir}",
     ]
-    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    done = subprocess.run(
+        cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
     assert done.returncode == 0, done.stderr[-4000:]
     # Two processes trained: each saved its own RNG state (one process writes rng_state.pth).
-    assert sorted(p.name for p in (ddp_dir / "checkpoint-4").glob("rng_state*")) == ["rng_state_0.pth", "rng_state_1.pth"]
+    assert sorted(p.name for p in (ddp_dir / "checkpoint-4").glob("rng_state*")) == [
+        "rng_state_0.pth",
+        "rng_state_1.pth",
+    ]
 
     from swaa_train.run import run_training
 
@@ -132,7 +176,7 @@ def test_ddp_two_processes_match_one_process(tmp_path):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from swaa_train.config import SWAAConfig
+    from swaa_train.swaa_config import SWAAConfig
 
     assert SWAAConfig.load(ddp_dir) == SWAAConfig.load(one_dir)
     base = AutoModelForCausalLM.from_pretrained(ddp_dir / "base-model", dtype=torch.float32)
@@ -171,14 +215,15 @@ def _packed_batch(seed: int) -> dict:
 
 
 def _sp_worker(rank: int, world: int, port: int, out_dir: str):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
-                      WORLD_SIZE=str(world))
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world)
+    )
     import deepspeed
+    from conftest import tiny_model
     from deepspeed.runtime.sequence_parallel.ulysses_sp import UlyssesSPAttentionHF, UlyssesSPDataLoaderAdapter
 
-    from conftest import tiny_model
     from swaa_train.attention import ATTN_IMPLEMENTATION, apply_swaa
-    from swaa_train.config import SWAAConfig
+    from swaa_train.swaa_config import SWAAConfig
     from swaa_train.trainer import per_document_tensors
 
     deepspeed.init_distributed(dist_backend="gloo")
@@ -193,18 +238,26 @@ def _sp_worker(rank: int, world: int, port: int, out_dir: str):
 
     whole = [forward(b) for b in batches]  # before SP: one process, whole rows
     mpu = UlyssesSPAttentionHF.register_with_transformers(
-        model_name_or_path=model, core_attn_implementation=ATTN_IMPLEMENTATION, sequence_parallel_size=world,
-        micro_batch_size=1, seq_length_is_variable=True,
+        model_name_or_path=model,
+        core_attn_implementation=ATTN_IMPLEMENTATION,
+        sequence_parallel_size=world,
+        micro_batch_size=1,
+        seq_length_is_variable=True,
     )
-    loader = UlyssesSPDataLoaderAdapter(iter([batches[rank]]), sp_rank=rank, sp_group=mpu.get_sequence_parallel_group(),
-                                        sp_world_size=world, device="cpu")
+    loader = UlyssesSPDataLoaderAdapter(
+        iter([batches[rank]]),
+        sp_rank=rank,
+        sp_group=mpu.get_sequence_parallel_group(),
+        sp_world_size=world,
+        device="cpu",
+    )
     seen = []
     for step in range(world):  # step s: every rank holds its slice of rank s's row
         shard = next(loader)
         seen.append({k: shard[k] for k in ("cu_seq_lens_q", "swaa_full_from", "max_length_q")})
         local = forward(shard)
         chunk = whole[step].shape[1] // world
-        torch.testing.assert_close(local, whole[step][:, rank * chunk:(rank + 1) * chunk], atol=2e-5, rtol=1e-4)
+        torch.testing.assert_close(local, whole[step][:, rank * chunk : (rank + 1) * chunk], atol=2e-5, rtol=1e-4)
     Path(out_dir, f"rank{rank}.json").write_text(json.dumps(seen))
 
 
@@ -227,22 +280,27 @@ def test_ulysses_sequence_parallel_sees_whole_rows(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------
-# scripts/bench_multi_gpu.py: the per-GPU figures of BENCHMARKS.md "Multi-GPU"
+# benchmarks/bench_multi_gpu.py: the per-GPU figures of BENCHMARKS.md "Multi-GPU"
 # ------------------------------------------------------------------------------------------
 def _bench_module():
-    import importlib.util
+    import benchmarks.bench_multi_gpu
 
-    path = Path(__file__).resolve().parent.parent / "scripts" / "bench_multi_gpu.py"
-    spec = importlib.util.spec_from_file_location("bench_multi_gpu", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return benchmarks.bench_multi_gpu
 
 
 def _rank(tmp_path, name, rank, *, world, sp, seconds, tokens, losses=(2.0, 1.5)):
-    record = {"rank": rank, "world": world, "sp": sp, "engine": "x", "output_dir": str(tmp_path / name),
-              "step_seconds": seconds, "batch_tokens": tokens, "peak_allocated_gib": 1.0 + rank,
-              "peak_reserved_gib": 2.0, "log": [{"loss": v, "grad_norm": 3.0} for v in losses]}
+    record = {
+        "rank": rank,
+        "world": world,
+        "sp": sp,
+        "engine": "x",
+        "output_dir": str(tmp_path / name),
+        "step_seconds": seconds,
+        "batch_tokens": tokens,
+        "peak_allocated_gib": 1.0 + rank,
+        "peak_reserved_gib": 2.0,
+        "log": [{"loss": v, "grad_norm": 3.0} for v in losses],
+    }
     (tmp_path / f"{name}.json.rank{rank}").write_text(json.dumps(record))
     return str(tmp_path / f"{name}.json")
 
@@ -257,8 +315,9 @@ def test_multi_gpu_table_per_gpu_figures(tmp_path):
     _rank(tmp_path, "sp_a", 1, world=2, sp=2, seconds=[9.0, 2.0, 2.0], tokens=[600, 1000])
     sp_b = _rank(tmp_path, "sp_b", 0, world=2, sp=2, seconds=[9.0, 4.0], tokens=[10, 20])
     _rank(tmp_path, "sp_b", 1, world=2, sp=2, seconds=[9.0, 4.0], tokens=[32, 40])
-    rows = {line.split(" | ")[0].strip("| "): line.split(" | ") for line in
-            bench.table([ddp, sp_a, sp_b]).splitlines()[2:]}
+    rows = {
+        line.split(" | ")[0].strip("| "): line.split(" | ") for line in bench.table([ddp, sp_a, sp_b]).splitlines()[2:]
+    }
     assert float(rows["ddp"][4]) == 200.0  # rank 0: 400 / 2 s, rank 1: 400 / 2 s
     assert float(rows["sp_a"][4]) == (600 + 800) / 4.0 / 2  # steps 2, 3: rank 1's 1st row, rank 0's 2nd
     assert float(rows["sp_b"][4]) == 32 / 4.0 / 2  # one row per length, never merged

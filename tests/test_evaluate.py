@@ -8,8 +8,8 @@ import pytest
 from test_export import DEMO_SWAA, make_adapter_dir
 
 from swaa_train.cli import main
-from swaa_train.config import SWAAConfig
 from swaa_train.evaluate import default_settings, is_correct, normalize_answer, run_evaluation
+from swaa_train.swaa_config import SWAAConfig
 from swaa_train.synthetic import make_longqa_rows, write_parquet
 
 
@@ -42,8 +42,13 @@ def test_default_settings_ladder():
     settings = default_settings(trained, num_layers=4, has_adapter=True)
     assert len(settings) == 10 and [s.adapter for s in settings] == [False] * 5 + [True] * 5
     swaa = [s.swaa for s in settings[:5]]
-    assert swaa == [SWAAConfig(), SWAAConfig(128), SWAAConfig(128, 8), SWAAConfig(128, 8, True),
-                    SWAAConfig(128, 8, True, [1, 3])]
+    assert swaa == [
+        SWAAConfig(),
+        SWAAConfig(128),
+        SWAAConfig(128, 8),
+        SWAAConfig(128, 8, True),
+        SWAAConfig(128, 8, True, [1, 3]),
+    ]
     untrained = default_settings(SWAAConfig(64), num_layers=4, has_adapter=False)
     assert untrained[-1].swaa.non_sliding_layers == [1, 3] and untrained[2].swaa.keep_first == 0
     with pytest.raises(ValueError, match="sliding_window_size"):
@@ -61,8 +66,23 @@ def demo(tmp_path_factory):
 def test_eval_end_to_end_writes_table_samples_and_accuracy(demo, tmp_path, capfd):
     adapter, data, rows = demo
     out = tmp_path / "eval"
-    main(["eval", "--model", str(adapter), "--data", str(data), "--out", str(out), "--limit", "2",
-          "--max-new-tokens", "2", "--batch-size", "2"])
+    main(
+        [
+            "eval",
+            "--model",
+            str(adapter),
+            "--data",
+            str(data),
+            "--out",
+            str(out),
+            "--limit",
+            "2",
+            "--max-new-tokens",
+            "2",
+            "--batch-size",
+            "2",
+        ]
+    )
     summary = json.loads((out / "results.json").read_text())
     samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
     assert len(summary) == 10 and len(samples) == 20
@@ -90,14 +110,40 @@ def test_eval_settings_file_and_missing_adapter(demo, tmp_path):
     settings = tmp_path / "settings.yaml"
     settings.write_text("- {name: swa64, swaa: {sliding_window_size: 64, keep_first: 2}}\n")
     out = tmp_path / "eval"
-    main(["eval", "--model", str(adapter / "base-model"), "--data", str(data), "--out", str(out), "--limit", "1",
-          "--max-new-tokens", "2", "--settings", str(settings)])
+    main(
+        [
+            "eval",
+            "--model",
+            str(adapter / "base-model"),
+            "--data",
+            str(data),
+            "--out",
+            str(out),
+            "--limit",
+            "1",
+            "--max-new-tokens",
+            "2",
+            "--settings",
+            str(settings),
+        ]
+    )
     (row,) = json.loads((out / "results.json").read_text())
     assert row["setting"] == "swa64" and row["swaa"]["keep_first"] == 2 and not row["adapter"]
     settings.write_text("- {name: tuned, adapter: true, swaa: {sliding_window_size: 64}}\n")
     with pytest.raises(ValueError, match="no adapter"):
-        main(["eval", "--model", str(adapter / "base-model"), "--data", str(data), "--out", str(out),
-              "--settings", str(settings)])
+        main(
+            [
+                "eval",
+                "--model",
+                str(adapter / "base-model"),
+                "--data",
+                str(data),
+                "--out",
+                str(out),
+                "--settings",
+                str(settings),
+            ]
+        )
 
 
 def test_eval_data_needs_prompt_and_answer(demo, tmp_path):

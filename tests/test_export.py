@@ -11,9 +11,9 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
 from swaa_train.attention import apply_swaa
-from swaa_train.config import SWAAConfig
-from swaa_train.export import find_swaa_config, merge_adapter, resolve_base_model
+from swaa_train.export import merge_adapter
 from swaa_train.inference import load_swaa_model
+from swaa_train.swaa_config import SWAAConfig, find_swaa_config, resolve_base_model
 
 DEMO_ASSETS = Path(__file__).resolve().parent.parent / "swaa_train" / "assets" / "tiny-qwen3"
 DEMO_SWAA = SWAAConfig(sliding_window_size=16, keep_first=4, force_fa_decode=True, non_sliding_layers=[1])

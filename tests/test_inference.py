@@ -8,8 +8,8 @@ from conftest import VOCAB, tiny_model
 from transformers.cache_utils import DynamicLayer
 
 from swaa_train.attention import apply_swaa
-from swaa_train.config import SWAAConfig
 from swaa_train.inference import SinkWindowLayer, SWAACache, generate_ids, left_pad_lengths
+from swaa_train.swaa_config import SWAAConfig
 
 WINDOW, SINKS = 5, 3
 
@@ -35,8 +35,8 @@ def _left_padded(lengths: list[int], seed: int = 0) -> tuple[torch.Tensor, torch
     ids = torch.zeros(len(lengths), width, dtype=torch.long)
     mask = torch.zeros(len(lengths), width, dtype=torch.long)
     for row, n in enumerate(lengths):
-        ids[row, width - n:] = torch.randint(1, VOCAB, (n,), generator=g)
-        mask[row, width - n:] = 1
+        ids[row, width - n :] = torch.randint(1, VOCAB, (n,), generator=g)
+        mask[row, width - n :] = 1
     return ids, mask
 
 
@@ -53,7 +53,7 @@ def greedy_without_cache(model, input_ids, attention_mask, steps: int) -> torch.
         ).logits
         next_ids = logits[:, -1].argmax(-1, keepdim=True)
         ids, mask = torch.cat([ids, next_ids], 1), torch.cat([mask, torch.ones_like(next_ids)], 1)
-    return ids[:, input_ids.shape[1]:]
+    return ids[:, input_ids.shape[1] :]
 
 
 @pytest.mark.parametrize("setting", sorted(SETTINGS))
@@ -69,8 +69,9 @@ def test_cached_generation_equals_full_recomputation(setting, lengths):
         with pytest.raises(ValueError, match="use_cache=False"):
             generate_ids(model, ids, mask, max_new_tokens=steps, use_cache=False)
     else:
-        got = generate_ids(model, ids, mask, max_new_tokens=steps, use_cache=False, eos_token_id=None,
-                           pad_token_id=0).sequences
+        got = generate_ids(
+            model, ids, mask, max_new_tokens=steps, use_cache=False, eos_token_id=None, pad_token_id=0
+        ).sequences
         assert got.tolist() == expected.tolist()
 
 
@@ -80,8 +81,15 @@ def test_sliding_cache_holds_at_most_window_plus_sinks():
     ids, mask = _left_padded([30, 9])
     steps = 12
     cache = SWAACache(swaa, model.config.num_hidden_layers, left_pad_lengths(mask))
-    model.generate(input_ids=ids, attention_mask=mask, past_key_values=cache, max_new_tokens=steps,
-                   do_sample=False, eos_token_id=None, pad_token_id=0)
+    model.generate(
+        input_ids=ids,
+        attention_mask=mask,
+        past_key_values=cache,
+        max_new_tokens=steps,
+        do_sample=False,
+        eos_token_id=None,
+        pad_token_id=0,
+    )
     total = ids.shape[1] + steps - 1  # the last token is sampled, never fed back
     for i, layer in enumerate(cache.layers):
         if swaa.layer_window(i) is None:  # interleaved full-attention layer keeps everything

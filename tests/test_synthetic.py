@@ -88,8 +88,13 @@ def test_train_and_eval_splits_ask_about_disjoint_entities():
 
 @pytest.mark.parametrize(
     "kwargs",
-    [dict(min_words=0), dict(min_words=500, max_words=400), dict(min_depth=0.6, max_depth=0.5),
-     dict(wrong_fraction=1.5), dict(split="test")],
+    [
+        dict(min_words=0),
+        dict(min_words=500, max_words=400),
+        dict(min_depth=0.6, max_depth=0.5),
+        dict(wrong_fraction=1.5),
+        dict(split="test"),
+    ],
 )
 def test_bad_arguments_are_refused(kwargs):
     with pytest.raises(ValueError):

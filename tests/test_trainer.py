@@ -7,12 +7,11 @@ import json
 import pytest
 import torch
 from conftest import VOCAB, tiny_model
-from datasets import Dataset
 from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
-from swaa_train.attention import apply_swaa
-from swaa_train.config import SWAAConfig
-from swaa_train.trainer import IGNORE_INDEX, FullFromCollator, first_supervised
+from swaa_train.attention import IGNORE_INDEX, apply_swaa, full_from_of_labels
+from swaa_train.swaa_config import SWAAConfig
+from swaa_train.trainer import FullFromCollator
 
 SWAA = SWAAConfig(sliding_window_size=6, keep_first=2, force_fa_decode=True, non_sliding_layers=[1])
 
@@ -26,9 +25,9 @@ def test_first_supervised_matches_a_loop():
     cu = torch.tensor([0, 5, 6, 15, 19, 26], dtype=torch.int32)
     expected = []
     for b, n in enumerate(lengths):
-        doc = labels[cu[b]:cu[b + 1]].tolist()
+        doc = labels[cu[b] : cu[b + 1]].tolist()
         expected.append(next((i for i, t in enumerate(doc) if t != IGNORE_INDEX), n))
-    assert first_supervised(labels, cu).tolist() == expected
+    assert full_from_of_labels(labels, cu).tolist() == expected
 
 
 def _examples(lengths, answer_lengths, seed=0):
@@ -36,7 +35,7 @@ def _examples(lengths, answer_lengths, seed=0):
     out = []
     for n, a in zip(lengths, answer_lengths):
         ids = torch.randint(1, VOCAB, (n,), generator=g).tolist()
-        out.append({"input_ids": ids, "labels": [IGNORE_INDEX] * (n - a) + ids[n - a:]})
+        out.append({"input_ids": ids, "labels": [IGNORE_INDEX] * (n - a) + ids[n - a :]})
     return out
 
 
@@ -50,7 +49,7 @@ def _per_document_losses(model, batch):
     nll = torch.where(target != IGNORE_INDEX, -logp.gather(-1, target.clamp(min=0)[:, None])[:, 0], 0.0)
     cu = batch["cu_seq_lens_q"].tolist()
     # The token predicting document b's position t sits at t - 1: sum nll over [start, end - 1).
-    return [nll[cu[b]:cu[b + 1] - 1].sum() for b in range(len(cu) - 1)]
+    return [nll[cu[b] : cu[b + 1] - 1].sum() for b in range(len(cu) - 1)]
 
 
 def test_collator_adds_full_from_per_document():
@@ -77,10 +76,18 @@ def test_packed_batch_gives_each_document_its_own_loss():
 # ------------------------------------------------------------------------------------------
 def _demo_overrides(tmp_path, steps=6, **extra):
     values = {
-        "training.output_dir": str(tmp_path / "out"), "training.max_steps": steps, "training.logging_steps": 1,
-        "training.save_steps": 3, "training.max_length": 1024, "data.synthetic_rows": 12,
-        "data.synthetic_words": "[80, 160]", "data.max_length": 1024, "training.disable_tqdm": "true",
-        "swaa.sliding_window_size": 32, "swaa.keep_first": 4, **extra,
+        "training.output_dir": str(tmp_path / "out"),
+        "training.max_steps": steps,
+        "training.logging_steps": 1,
+        "training.save_steps": 3,
+        "training.max_length": 1024,
+        "data.synthetic_rows": 12,
+        "data.synthetic_words": "[80, 160]",
+        "data.max_length": 1024,
+        "training.disable_tqdm": "true",
+        "swaa.sliding_window_size": 32,
+        "swaa.keep_first": 4,
+        **extra,
     }
     return [f"{k}={v}" for k, v in values.items()]
 
@@ -110,8 +117,8 @@ def test_demo_trains_with_falling_loss_and_writes_outputs(demo_run):
 def test_reloading_base_adapter_and_config_reproduces_logits(demo_run):
     from peft import PeftModel
 
-    from swaa_train.config import ModelArgs
     from swaa_train.model import load_model
+    from swaa_train.recipe import ModelArgs
 
     out, trainer = demo_run
     model = trainer.model.eval()
@@ -147,8 +154,12 @@ def test_resume_continues_the_same_run(tmp_path, demo_run):
     _, straight = demo_run
     first = run_training("demo", _demo_overrides(tmp_path, steps=3, **{"training.max_steps": 3}))
     assert (tmp_path / "out" / "checkpoint-3").is_dir()
-    resumed = run_training("demo", _demo_overrides(
-        tmp_path, steps=6, **{"training.resume_from_checkpoint": str(tmp_path / "out" / "checkpoint-3")}))
+    resumed = run_training(
+        "demo",
+        _demo_overrides(
+            tmp_path, steps=6, **{"training.resume_from_checkpoint": str(tmp_path / "out" / "checkpoint-3")}
+        ),
+    )
     assert resumed.state.global_step == 6
     losses = lambda t: [round(log["loss"], 4) for log in t.state.log_history if "loss" in log]  # noqa: E731
     assert losses(resumed)[-3:] == losses(straight)[-3:]

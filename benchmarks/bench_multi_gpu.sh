@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The multi-GPU benchmark of BENCHMARKS.md ("Multi-GPU"), on a machine with 2 GPUs:
-#   bash scripts/bench_multi_gpu.sh OUT_DIR
+#   bash benchmarks/bench_multi_gpu.sh OUT_DIR
 # 1. a random-init Qwen3-4B-shaped base (saved once, so every engine starts from the same weights);
 # 2. the qwen3_swa2k recipe for 5 steps on the same synthetic data: 1 GPU with 2 rows per step,
 #    then DDP, FSDP2, ZeRO-2 and ZeRO-3 on 2 GPUs with 1 row per GPU (the same global batch);
@@ -11,20 +11,20 @@ out=${1:?usage: bench_multi_gpu.sh OUT_DIR}
 base=${BASE:-/tmp/qwen3-4b-random}
 runs=${RUNS:-/tmp/swaa-bench}
 mkdir -p "$out" "$runs"
-bench=(python3 scripts/bench_multi_gpu.py)
+bench=(python3 benchmarks/bench_multi_gpu.py)
 [ -f "$base/tokenizer_config.json" ] || { rm -rf "$base"; "${bench[@]}" make-base "$base" || exit 1; }  # a complete base only
 common=(model.name_or_path=$base data.path=synthetic data.synthetic_rows=48 "data.synthetic_words=[1500,3000]"
   data.min_length=0 data.max_length=null training.max_length=8192 training.max_steps=5 training.logging_steps=1
   training.save_steps=5 training.learning_rate=1e-3 training.lr_scheduler_type=constant training.warmup_steps=0
   training.per_device_train_batch_size=1 training.gradient_accumulation_steps=1 training.dataloader_num_workers=0)
 # The engines alone: the recipe's memory techniques (activation offloading, tiled MLP, Liger) off.
-grep -q "^class MemoryArgs" swaa_train/config.py && common+=(memory.liger_kernel=false
-  memory.activation_offloading=false memory.mlp_tile_tokens=null)
+common+=(memory.liger_kernel=false
+  memory.activation_offloading=false)
 
 run() {  # run NAME LAUNCHER...: one training run, its log and per-rank JSON under $out
   local name=$1; shift
   echo "== $name ($SECONDS s)"
-  timeout 300 "$@" scripts/bench_multi_gpu.py train --recipe qwen3_swa2k --json "$out/$name.json" \
+  timeout 300 "$@" benchmarks/bench_multi_gpu.py train --recipe qwen3_swa2k --json "$out/$name.json" \
     "${common[@]}" training.output_dir=$runs/$name "${extra[@]}" > "$out/$name.log" 2>&1
   local rc=$?
   echo "rc=$rc"; grep -E "Error|error:" "$out/$name.log" | tail -3

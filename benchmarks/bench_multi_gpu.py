@@ -1,11 +1,11 @@
 """Multi-GPU benchmark: the same SWAA LoRA run under each accelerate engine, with losses,
-tokens/s per GPU and peak memory per GPU; scripts/bench_multi_gpu.sh runs the whole set.
+tokens/s per GPU and peak memory per GPU; benchmarks/bench_multi_gpu.sh runs the whole set.
 
-    python scripts/bench_multi_gpu.py make-base /tmp/qwen3-4b-random       # random Qwen3-4B shape
-    accelerate launch --config_file recipes/accelerate/zero3.yaml scripts/bench_multi_gpu.py \
+    python benchmarks/bench_multi_gpu.py make-base /tmp/qwen3-4b-random       # random Qwen3-4B shape
+    accelerate launch --config_file recipes/accelerate/zero3.yaml benchmarks/bench_multi_gpu.py \
         train --recipe qwen3_swa2k --json out/zero3.json model.name_or_path=/tmp/qwen3-4b-random ...
-    python scripts/bench_multi_gpu.py reload /tmp/qwen3-4b-random out/*.json  # adapters on one GPU
-    python scripts/bench_multi_gpu.py table out/*.json
+    python benchmarks/bench_multi_gpu.py reload /tmp/qwen3-4b-random out/*.json  # adapters on one GPU
+    python benchmarks/bench_multi_gpu.py table out/*.json
 
 `train` is `train.py` (build_trainer, train, save_model) plus a callback that times every
 optimizer step (CUDA-synchronized) and a collator wrapper that counts each batch's tokens;
@@ -24,9 +24,18 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback
 
+import swaa_train
+
 QWEN3_4B_SHAPE = dict(
-    hidden_size=2560, num_hidden_layers=36, num_attention_heads=32, num_key_value_heads=8, head_dim=128,
-    intermediate_size=9728, vocab_size=151936, max_position_embeddings=1 << 20, tie_word_embeddings=True,
+    hidden_size=2560,
+    num_hidden_layers=36,
+    num_attention_heads=32,
+    num_key_value_heads=8,
+    head_dim=128,
+    intermediate_size=9728,
+    vocab_size=151936,
+    max_position_embeddings=1 << 20,
+    tie_word_embeddings=True,
     rope_parameters={"rope_type": "default", "rope_theta": 5_000_000.0},
 )
 
@@ -39,7 +48,9 @@ def make_base(out: str) -> None:
     with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
         model = AutoModelForCausalLM.from_config(Qwen3Config(**QWEN3_4B_SHAPE), dtype=torch.bfloat16)
     model.save_pretrained(out)
-    AutoTokenizer.from_pretrained(Path(__file__).resolve().parent.parent / "swaa_train/assets/tiny-qwen3").save_pretrained(out)
+    AutoTokenizer.from_pretrained(Path(swaa_train.__file__).resolve().parent / "assets" / "tiny-qwen3").save_pretrained(
+        out
+    )
 
 
 def _sync():
@@ -73,7 +84,7 @@ class TokenCounter:
 
 
 def train(recipe_name: str, overrides: list[str], json_path: str) -> None:
-    from swaa_train.config import load_recipe
+    from swaa_train.recipe import load_recipe
     from swaa_train.run import build_trainer
 
     recipe, raw = load_recipe(recipe_name, overrides)
@@ -87,9 +98,13 @@ def train(recipe_name: str, overrides: list[str], json_path: str) -> None:
     trainer.save_model(recipe.training.output_dir)
     pc = trainer.accelerator.parallelism_config
     record = {
-        "rank": trainer.accelerator.process_index, "world": trainer.accelerator.num_processes,
-        "sp": pc.sp_size if pc is not None else 1, "engine": str(trainer.accelerator.distributed_type),
-        "output_dir": recipe.training.output_dir, "step_seconds": clock.seconds, "batch_tokens": counter.tokens,
+        "rank": trainer.accelerator.process_index,
+        "world": trainer.accelerator.num_processes,
+        "sp": pc.sp_size if pc is not None else 1,
+        "engine": str(trainer.accelerator.distributed_type),
+        "output_dir": recipe.training.output_dir,
+        "step_seconds": clock.seconds,
+        "batch_tokens": counter.tokens,
         "peak_allocated_gib": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else 0.0,
         "peak_reserved_gib": torch.cuda.max_memory_reserved() / 2**30 if torch.cuda.is_available() else 0.0,
         "log": [e for e in trainer.state.log_history if "loss" in e],
@@ -116,8 +131,11 @@ def _tokens_per_second_per_gpu(ranks: list[dict]) -> float:
 
 
 def table(paths: list[str]) -> str:
-    lines = ["| run | GPUs | tokens/step/GPU | step s (median, 2..N) | tokens/s/GPU | peak alloc GiB/GPU | "
-             "peak reserved GiB/GPU | losses | grad norm step 1 |", "| --- " * 9 + "|"]
+    lines = [
+        "| run | GPUs | tokens/step/GPU | step s (median, 2..N) | tokens/s/GPU | peak alloc GiB/GPU | "
+        "peak reserved GiB/GPU | losses | grad norm step 1 |",
+        "| --- " * 9 + "|",
+    ]
     for name, ranks in _runs(paths).items():
         r0 = next(r for r in ranks if r["rank"] == 0)
         steps = len(r0["step_seconds"])
@@ -140,16 +158,22 @@ def reload(base: str, paths: list[str]) -> str:
     from transformers import AutoModelForCausalLM
 
     from swaa_train.attention import apply_swaa
-    from swaa_train.config import SWAAConfig
+    from swaa_train.swaa_config import SWAAConfig
 
     device = "cuda:0" if torch.cuda.is_available() else "cpu"
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.bfloat16, device_map=device)
     tokens = torch.randint(3, 2000, (1, 4096), generator=torch.Generator().manual_seed(0)).to(device)
     with torch.no_grad():
         base_loss = model(input_ids=tokens, labels=tokens).loss.item()
-    reference, lines = None, [f"Base model alone (full attention): loss {base_loss:.4f} on the same 4k tokens.", "",
-                              "| run | LoRA tensors | max abs diff of LoRA weights vs first run | loss, 4k tokens |",
-                              "| --- | --- | --- | --- |"]
+    reference, lines = (
+        None,
+        [
+            f"Base model alone (full attention): loss {base_loss:.4f} on the same 4k tokens.",
+            "",
+            "| run | LoRA tensors | max abs diff of LoRA weights vs first run | loss, 4k tokens |",
+            "| --- | --- | --- | --- |",
+        ],
+    )
     for name, ranks in _runs(paths).items():
         out = ranks[0]["output_dir"]
         peft = PeftModel.from_pretrained(apply_swaa(model, SWAAConfig.load(out)), out)

@@ -1,4 +1,4 @@
-"""The adaptation experiment (scripts/repro/): its data generator, the prefill cost, and a toy
+"""The adaptation experiment (experiments/adaptation/): its data generator, the prefill cost, and a toy
 run of every stage on CPU."""
 
 from __future__ import annotations
@@ -12,14 +12,19 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from swaa_attn import visible
-from swaa_train.config import SWAAConfig
-from swaa_train.demo_assets import TINY_QWEN3_DIR
-from swaa_train.prefill_cost import prefill_pairs, relative_prefill_cost, sliding_pairs
-from swaa_train.repro_data import (
-    LINK_ATTRIBUTE, RECALL_HEADER, copy_document, make_drill_texts, make_lm_texts, make_question_rows,
+from experiments.adaptation.data import (
+    LINK_ATTRIBUTE,
+    RECALL_HEADER,
+    copy_document,
+    make_drill_texts,
+    make_lm_texts,
+    make_question_rows,
     write_repro_data,
 )
+from experiments.adaptation.prefill_cost import prefill_pairs, relative_prefill_cost, sliding_pairs
+from swaa_attn import visible
+from swaa_train.demo_assets import TINY_QWEN3_DIR
+from swaa_train.swaa_config import SWAAConfig
 from swaa_train.synthetic import split_entities
 
 FACT = re.compile(r"The (?P<attribute>[a-z ]+?) of the (?P<entity>[a-z]+ [a-z]+) is (?P<value>[^.]+)\.")
@@ -105,7 +110,7 @@ def test_lm_text_restates_its_facts():
 def test_drills_restate_their_facts_without_filler():
     for doc in make_drill_texts(5, seed=0, min_facts=3, max_facts=8):
         passage, _, recall = doc["text"].partition(f"\n\n{RECALL_HEADER} ")
-        assert doc["text"][doc["recall_from"]:] == " " + recall
+        assert doc["text"][doc["recall_from"] :] == " " + recall
         assert facts_in(recall) == facts_in(passage) and 3 <= len(facts_in(passage)) <= 8
         assert not FACT.sub("", passage).strip()  # nothing but facts before the recall
 
@@ -125,7 +130,7 @@ def test_copy_document_repeats_a_random_sequence():
 
 
 def test_copy_rows_repeat_each_document_with_loss_on_the_second_copy(tokenizer):
-    from swaa_train.pretrain import CopyDocuments, packed_loss
+    from experiments.adaptation.pretrain import CopyDocuments, packed_loss
 
     special = set(tokenizer.all_special_ids)
     batches = iter(CopyDocuments(tokenizer, tokens_per_step=300, seed=0, lengths=(4, 12)))
@@ -133,8 +138,9 @@ def test_copy_rows_repeat_each_document_with_loss_on_the_second_copy(tokenizer):
         batch = next(batches)
         assert int(batch["lengths"].sum()) == batch["input_ids"].numel() <= 300
         assert not batch["question"].any()
-        for ids, answer in zip(batch["input_ids"].split(batch["lengths"].tolist()),
-                               batch["answer"].split(batch["lengths"].tolist())):
+        for ids, answer in zip(
+            batch["input_ids"].split(batch["lengths"].tolist()), batch["answer"].split(batch["lengths"].tolist())
+        ):
             half = len(ids) // 2
             assert 4 <= half <= 12 and ids[:half].tolist() == ids[half:].tolist()
             assert answer.tolist() == [False] * half + [True] * half
@@ -143,26 +149,42 @@ def test_copy_rows_repeat_each_document_with_loss_on_the_second_copy(tokenizer):
     torch.manual_seed(0)
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
-    model = Qwen3ForCausalLM(Qwen3Config(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
-                                         num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
-                                         head_dim=16))
+    model = Qwen3ForCausalLM(
+        Qwen3Config(
+            vocab_size=len(tokenizer),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            head_dim=16,
+        )
+    )
     model.config._attn_implementation = "sdpa"
-    batch = {**batch, "lengths": batch["lengths"][:1], "input_ids": batch["input_ids"][: batch["lengths"][0]],
-             "answer": batch["answer"][: batch["lengths"][0]], "question": batch["question"][:1]}
+    batch = {
+        **batch,
+        "lengths": batch["lengths"][:1],
+        "input_ids": batch["input_ids"][: batch["lengths"][0]],
+        "answer": batch["answer"][: batch["lengths"][0]],
+        "question": batch["question"][:1],
+    }
     loss, stats = packed_loss(model, batch, 0.0, torch.device("cpu"))
     half = int(batch["lengths"][0]) // 2
     logits = model(batch["input_ids"][None]).logits[0, :-1]
-    expected = torch.nn.functional.cross_entropy(logits[half - 1:], batch["input_ids"][half:])
+    expected = torch.nn.functional.cross_entropy(logits[half - 1 :], batch["input_ids"][half:])
     assert loss.item() == pytest.approx(expected.item(), rel=1e-4) and stats["text_loss"] > 0
 
 
-@pytest.mark.parametrize("warmup,every,expected", [
-    (2, 3, [True, True, False, False, True, False, False, True]),
-    (0, 0, [False] * 8),
-    (3, 0, [True] * 3 + [False] * 5),
-])
+@pytest.mark.parametrize(
+    "warmup,every,expected",
+    [
+        (2, 3, [True, True, False, False, True, False, False, True]),
+        (0, 0, [False] * 8),
+        (3, 0, [True] * 3 + [False] * 5),
+    ],
+)
 def test_copy_step_schedule(warmup, every, expected):
-    from swaa_train.pretrain import PretrainArgs
+    from experiments.adaptation.pretrain import PretrainArgs
 
     args = PretrainArgs(data_dir="d", out_dir="o", copy_warmup_steps=warmup, copy_every=every)
     assert [args.is_copy_step(step) for step in range(8)] == expected
@@ -200,7 +222,9 @@ def test_relative_cost_mixes_full_and_sliding_layers():
     assert relative_prefill_cost(lengths, swaa, 3) == pytest.approx(expected)
     assert relative_prefill_cost(lengths, SWAAConfig(), 3) == 1.0
     # FA decode changes decoding, not the prefill.
-    assert relative_prefill_cost(lengths, SWAAConfig(16, 4), 3) == relative_prefill_cost(lengths, SWAAConfig(16, 4, True), 3)
+    assert relative_prefill_cost(lengths, SWAAConfig(16, 4), 3) == relative_prefill_cost(
+        lengths, SWAAConfig(16, 4, True), 3
+    )
 
 
 # ------------------------------------------------------------------------------------------
@@ -208,19 +232,36 @@ def test_relative_cost_mixes_full_and_sliding_layers():
 # ------------------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_stages_end_to_end_on_cpu(tmp_path, monkeypatch):
-    from swaa_train.pretrain import PretrainArgs, pretrain
-    from swaa_train.repro import pack_base, run_adaptation, unpack_base, write_report
+    from experiments.adaptation.ladder import pack_base, run_adaptation, unpack_base, write_report
+    from experiments.adaptation.pretrain import PretrainArgs, pretrain
 
     monkeypatch.chdir(tmp_path)
     data = tmp_path / "data"
     counts = {"train": 6, "train_short": 6, "lm": 2, "lm_short": 2, "eval": 3, "drill": 4, "eval_short": 2}
     write_repro_data(data, counts, min_tokens=96, max_tokens=160, short_tokens=(64, 96), workers=0)
-    summary = pretrain(PretrainArgs(
-        data_dir=str(data), out_dir=str(tmp_path / "trained"), tokenizer=str(TINY_QWEN3_DIR), hidden_size=32,
-        num_layers=2, num_heads=2, num_kv_heads=1, intermediate_size=64, tokens_per_step=256, max_steps=4,
-        warmup_steps=1, num_workers=0, short_fraction=0.5, device="cpu", copy_warmup_steps=1, copy_every=2,
-        copy_min_length=8, copy_max_length=16, log_every=1,
-    ))
+    summary = pretrain(
+        PretrainArgs(
+            data_dir=str(data),
+            out_dir=str(tmp_path / "trained"),
+            tokenizer=str(TINY_QWEN3_DIR),
+            hidden_size=32,
+            num_layers=2,
+            num_heads=2,
+            num_kv_heads=1,
+            intermediate_size=64,
+            tokens_per_step=256,
+            max_steps=4,
+            warmup_steps=1,
+            num_workers=0,
+            short_fraction=0.5,
+            device="cpu",
+            copy_warmup_steps=1,
+            copy_every=2,
+            copy_min_length=8,
+            copy_max_length=16,
+            log_every=1,
+        )
+    )
     log = [json.loads(line) for line in (tmp_path / "trained" / "pretrain_log.jsonl").read_text().splitlines()]
     assert summary["steps"] == 4 and 0.0 <= log[0]["heldout_exact"] <= 1.0
     assert [r["copy"] for r in log] == [True, False, True, False]
@@ -232,8 +273,12 @@ def test_stages_end_to_end_on_cpu(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="more than"):
         pack_base(tmp_path / "trained", tmp_path / "too_many", chunk_mib=0.25, max_chunks=len(chunks) - 2)
     unpack_base(tmp_path / "chunks", tmp_path / "base")
-    trained = {p.relative_to(tmp_path / "trained"): p.read_bytes() for p in (tmp_path / "trained").rglob("*") if p.is_file()}
-    assert {p.relative_to(tmp_path / "base"): p.read_bytes() for p in (tmp_path / "base").rglob("*") if p.is_file()} == trained
+    trained = {
+        p.relative_to(tmp_path / "trained"): p.read_bytes() for p in (tmp_path / "trained").rglob("*") if p.is_file()
+    }
+    assert {
+        p.relative_to(tmp_path / "base"): p.read_bytes() for p in (tmp_path / "base").rglob("*") if p.is_file()
+    } == trained
     assert {"model.safetensors", "config.json", "pretrain_log.jsonl"} <= {str(p) for p in trained}
     damaged = tmp_path / "damaged"
     damaged.mkdir()
@@ -243,21 +288,38 @@ def test_stages_end_to_end_on_cpu(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="damaged or incomplete"):
         unpack_base(damaged, tmp_path / "unused")
 
-    recipe = "scripts/repro/lora.yaml"
+    recipe = "experiments/adaptation/lora.yaml"
     overrides = [
-        f"model.name_or_path={tmp_path / 'base'}", "model.dtype=float32", "swaa.sliding_window_size=32",
-        "swaa.keep_first=4", "swaa.non_sliding_layers=[1]", f"data.path={data / 'train.parquet'}",
-        "data.max_samples=4", f"training.output_dir={tmp_path / 'adapter'}", "training.max_steps=1",
-        "training.bf16=false", "training.use_cpu=true", "training.max_length=512",
+        f"model.name_or_path={tmp_path / 'base'}",
+        "model.dtype=float32",
+        "swaa.sliding_window_size=32",
+        "swaa.keep_first=4",
+        "swaa.non_sliding_layers=[1]",
+        f"data.path={data / 'train.parquet'}",
+        "data.max_samples=4",
+        f"training.output_dir={tmp_path / 'adapter'}",
+        "training.max_steps=1",
+        "training.bf16=false",
+        "training.use_cpu=true",
+        "training.max_length=512",
     ]
     from pathlib import Path
 
     recipe = str(Path(__file__).resolve().parent.parent / recipe)
-    run_adaptation(recipe, str(data / "eval.parquet"), str(tmp_path / "results"), overrides,
-                   lora_time_budget_s=60, max_new_tokens=2, batch_size=4, device="cpu")
+    run_adaptation(
+        recipe,
+        str(data / "eval.parquet"),
+        str(tmp_path / "results"),
+        overrides,
+        lora_time_budget_s=60,
+        max_new_tokens=2,
+        batch_size=4,
+        device="cpu",
+    )
     assert (tmp_path / "adapter" / "swaa_config.json").is_file()
-    report = write_report(str(tmp_path / "results"), str(data / "eval.parquet"), str(tmp_path / "base"), 2,
-                          tmp_path / "plot.png")
+    report = write_report(
+        str(tmp_path / "results"), str(data / "eval.parquet"), str(tmp_path / "base"), 2, tmp_path / "plot.png"
+    )
     rows = report["rows"]
     assert [r["adapter"] for r in rows] == [False] * 5 + [True] * 5
     assert rows[0]["prefill_cost"] == 1.0 and all(r["prefill_cost"] < 1.0 for r in rows[1:5])

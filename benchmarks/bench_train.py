@@ -1,4 +1,10 @@
-"""Long-context training step benchmark (scripts/bench_train.py): tokens/s, peak memory, where the time goes.
+"""Long-context LoRA training step: full attention vs the SWAA recipe vs all-layers SWA, one table.
+
+    python benchmarks/bench_train.py                       # Qwen3-4B shape, T = 16k..256k, on CUDA
+    python benchmarks/bench_train.py --tiny --lengths 256,512 --ablation 512   # CPU smoke test
+
+Prints one markdown table (tokens/s, peak GPU memory, where the time of one profiled step goes),
+then the largest T that fits for each attention; --out DIR also writes it with a JSON of every cell.
 
 One LoRA step of the toolkit's own trainer (SWAATrainer.train: forward, backward, optimizer
 step, with the recipe's LoRA, gradient checkpointing and memory techniques) on a random-init
@@ -15,9 +21,11 @@ predicted step time exceeds the limit is skipped, not run.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import gc
 import json
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -28,37 +36,48 @@ from transformers import AttentionInterface, Qwen3Config, TrainerCallback
 from transformers.masking_utils import AttentionMaskInterface, flash_attention_mask
 from transformers.utils import logging
 
+import swaa_train
 from swaa_attn.dense import full_causal_varlen
-
-from .attention import apply_swaa
-from .config import MemoryArgs, ModelArgs, SWAAConfig, load_recipe
-from .memory import MemoryCallback, configure_training, use_expandable_segments
-from .model import load_model, load_tokenizer
-from .trainer import IGNORE_INDEX, SWAATrainer, lora_config
+from swaa_train.attention import IGNORE_INDEX, apply_swaa
+from swaa_train.memory import (
+    configure_training,
+    use_expandable_segments,
+)
+from swaa_train.model import load_model, load_tokenizer
+from swaa_train.recipe import MemoryArgs, ModelArgs, load_recipe
+from swaa_train.swaa_config import SWAAConfig
+from swaa_train.trainer import SWAATrainer, lora_config
 
 logger = logging.get_logger(__name__)
 
 GIB = 2**30
 RECIPE = "qwen3_swa2k"
-TINY_ASSETS = Path(__file__).resolve().parent / "assets" / "tiny-qwen3"
+TINY_ASSETS = Path(swaa_train.__file__).resolve().parent / "assets" / "tiny-qwen3"
 # Qwen/Qwen3-4B-Instruct-2507's config.json, the parts that set the shapes and the arithmetic.
 QWEN3_4B = dict(
-    hidden_size=2560, num_hidden_layers=36, num_attention_heads=32, num_key_value_heads=8, head_dim=128,
-    intermediate_size=9728, vocab_size=151936, max_position_embeddings=262144, rope_theta=5_000_000.0,
-    rms_norm_eps=1e-6, tie_word_embeddings=True, hidden_act="silu", attention_bias=False,
+    hidden_size=2560,
+    num_hidden_layers=36,
+    num_attention_heads=32,
+    num_key_value_heads=8,
+    head_dim=128,
+    intermediate_size=9728,
+    vocab_size=151936,
+    max_position_embeddings=262144,
+    rope_theta=5_000_000.0,
+    rms_norm_eps=1e-6,
+    tie_word_embeddings=True,
+    hidden_act="silu",
+    attention_bias=False,
 )
 FULL, RECIPE_SWAA, ALL_SWA = "full causal (SDPA)", "SWAA recipe", "SWA all layers"
 ATTENTIONS = (FULL, RECIPE_SWAA, ALL_SWA)
 ALL_ON = "defaults"
-TILE_TOKENS = 32768
 # What each memory technique buys, one at a time from none (liger-free sets first, see module doc).
 # "defaults" is MemoryArgs(): liger kernels + offloaded checkpoints + expandable segments.
 TECHNIQUES = {
     "none": MemoryArgs(liger_kernel=False, activation_offloading=False),
     "liger": MemoryArgs(activation_offloading=False),
-    "liger + tiled MLP": MemoryArgs(activation_offloading=False, mlp_tile_tokens=TILE_TOKENS),
     ALL_ON: MemoryArgs(),
-    "defaults + tiled MLP": MemoryArgs(mlp_tile_tokens=TILE_TOKENS),
 }
 SHORT_NAMES = {"full": FULL, "recipe": RECIPE_SWAA, "swa": ALL_SWA}
 CATEGORIES = ("attention", "linear", "loss", "optimizer", "other", "copy")
@@ -66,8 +85,7 @@ CATEGORIES = ("attention", "linear", "loss", "optimizer", "other", "copy")
 
 def attention_settings(recipe_swaa: SWAAConfig) -> dict[str, SWAAConfig | None]:
     """The three rows: None = full causal attention through SDPA."""
-    return {FULL: None, RECIPE_SWAA: recipe_swaa,
-            ALL_SWA: dataclasses.replace(recipe_swaa, non_sliding_layers=[])}
+    return {FULL: None, RECIPE_SWAA: recipe_swaa, ALL_SWA: dataclasses.replace(recipe_swaa, non_sliding_layers=[])}
 
 
 # ------------------------------------------------------------------------------------------
@@ -116,7 +134,7 @@ def packed_example(tokens: int, doc_tokens: int | None, supervised: int, vocab: 
     labels, start = [], 0
     for n in lengths:
         answer = min(supervised, n - 1)
-        labels += [IGNORE_INDEX] * (n - answer) + ids[start + n - answer:start + n]
+        labels += [IGNORE_INDEX] * (n - answer) + ids[start + n - answer : start + n]
         start += n
     return {"input_ids": ids, "labels": labels, "seq_lengths": lengths}
 
@@ -149,14 +167,22 @@ class BenchSetup:
 
         values = dict(self.raw["training"])
         values.update(  # one optimizer step per batch, nothing written, no evaluation
-            output_dir=str(self.workdir / "out"), max_steps=1, gradient_accumulation_steps=1,
-            lr_scheduler_type="constant", warmup_steps=0, save_strategy="no", logging_steps=1, report_to="none",
-            max_length=None, dataset_kwargs={"skip_prepare_dataset": True}, bf16=self.bf16,
-            use_cpu=self.device == "cpu", dataloader_num_workers=0, disable_tqdm=True,
+            output_dir=str(self.workdir / "out"),
+            max_steps=1,
+            gradient_accumulation_steps=1,
+            lr_scheduler_type="constant",
+            warmup_steps=0,
+            save_strategy="no",
+            logging_steps=1,
+            report_to="none",
+            max_length=None,
+            dataset_kwargs={"skip_prepare_dataset": True},
+            bf16=self.bf16,
+            use_cpu=self.device == "cpu",
+            dataloader_num_workers=0,
+            disable_tqdm=True,
         )
-        args = SFTConfig(**values)
-        configure_training(memory, args)
-        return args
+        return configure_training(memory, SFTConfig(**values))
 
     def trainer(self, technique: str):
         """The trainer of `technique` (built on first use; liger, once in, stays in the model)."""
@@ -168,12 +194,15 @@ class BenchSetup:
             raise ValueError(f"technique {technique!r} without liger after liger was applied: order the cells")
         first = not self.trainers
         trainer = SWAATrainer(
-            model=self.model, args=args, train_dataset=Dataset.from_list([{"input_ids": [0, 1]}]),
-            processing_class=self.tokenizer, peft_config=lora_config(self.recipe.lora) if first else None,
-            swaa_config=self.recipe.swaa, base_model="random-init Qwen3-4B shape",
+            model=self.model,
+            args=args,
+            train_dataset=Dataset.from_list([{"input_ids": [0, 1]}]),
+            processing_class=self.tokenizer,
+            peft_config=lora_config(self.recipe.lora) if first else None,
+            swaa_config=self.recipe.swaa,
+            base_model="random-init Qwen3-4B shape",
         )
         self.model = trainer.model  # the PEFT model from now on
-        trainer.add_callback(MemoryCallback(memory))  # as build_trainer does; each cell re-applies its own
         self.liger_applied |= bool(args.use_liger_kernel)
         self.trainers[technique] = trainer
         return trainer
@@ -238,8 +267,15 @@ class StepRecorder(TrainerCallback):
             self.losses.append(float(logs["loss"]))
 
 
-MATMUL_OPS = {"aten::mm", "aten::addmm", "aten::bmm", "aten::matmul", "aten::linear", "aten::baddbmm",
-              "aten::_scaled_mm"}
+MATMUL_OPS = {
+    "aten::mm",
+    "aten::addmm",
+    "aten::bmm",
+    "aten::matmul",
+    "aten::linear",
+    "aten::baddbmm",
+    "aten::_scaled_mm",
+}
 ATTENTION_MARKS = ("swaaattn", "scaled_dot_product", "scaleddotproduct", "flash_attn", "sdpa")
 GEMM_MARKS = ("gemm", "nvjet", "xmma", "cutlass", "cublas", "matmul")
 
@@ -371,8 +407,11 @@ def predict_step_s(cells: list[Cell], attention: str, tokens: int) -> float | No
 
 def largest_fit(cells: list[Cell], attention: str, capacity_gib: float, step: int = 16384) -> int | None:
     """Largest multiple of `step` whose peak memory, extrapolated linearly from the measured cells, fits."""
-    points = [(c.tokens, c.peak_gib) for c in cells
-              if c.ok and c.attention == attention and c.technique == ALL_ON and c.tokens >= 2 * step]
+    points = [
+        (c.tokens, c.peak_gib)
+        for c in cells
+        if c.ok and c.attention == attention and c.technique == ALL_ON and c.tokens >= 2 * step
+    ]
     coef = fit(points, (0, 1))
     if coef is None or coef[1] <= 0:
         return None
@@ -382,33 +421,46 @@ def largest_fit(cells: list[Cell], attention: str, capacity_gib: float, step: in
 def grid(lengths: list[int], ablation_tokens: list[int], attentions=ATTENTIONS) -> list[Cell]:
     """The cells in running order: liger-free ablations first, then per length the cheapest attention first."""
     ablations = [technique for technique in TECHNIQUES if technique != ALL_ON]
-    cells = [Cell(RECIPE_SWAA, t, technique) for technique in ablations[:-1] for t in ablation_tokens]
+    cells = [Cell(RECIPE_SWAA, t, technique) for technique in ablations for t in ablation_tokens]
     cost = {ALL_SWA: 0, RECIPE_SWAA: 1, FULL: 2}
     for t in lengths:
         cells += [Cell(a, t) for a in sorted(attentions, key=cost.get)]
-    return cells + [Cell(RECIPE_SWAA, t, ablations[-1]) for t in ablation_tokens]
+    return cells
 
 
 def parse_cells(spec: str) -> list[Cell]:
-    """Cells named on the command line, in running order: 'swa@256k,recipe@256k,swa@256k/defaults + tiled MLP'."""
+    """Cells named on the command line, in running order: 'swa@256k,recipe@256k,swa@256k/liger'."""
     cells = []
     for item in filter(None, (part.strip() for part in spec.split(","))):
         name, _, rest = item.partition("@")
         length, _, technique = rest.partition("/")
         tokens = int(float(length[:-1]) * 1024) if length.endswith("k") else int(length)
         if name not in SHORT_NAMES or (technique or ALL_ON) not in TECHNIQUES:
-            raise ValueError(f"cell {item!r}: attention one of {list(SHORT_NAMES)}, technique one of {list(TECHNIQUES)}")
+            raise ValueError(
+                f"cell {item!r}: attention one of {list(SHORT_NAMES)}, technique one of {list(TECHNIQUES)}"
+            )
         cells.append(Cell(SHORT_NAMES[name], tokens, technique or ALL_ON))
     return cells
 
 
-def run_grid(setup: BenchSetup, cells: list[Cell], *, warmup: int, doc_tokens: int | None, supervised: int,
-             max_step_s: float, log=print) -> list[Cell]:
+def run_grid(
+    setup: BenchSetup,
+    cells: list[Cell],
+    *,
+    warmup: int,
+    doc_tokens: int | None,
+    supervised: int,
+    max_step_s: float,
+    log=print,
+) -> list[Cell]:
     done: list[Cell] = []
     for cell in cells:
         expected = predict_step_s(done, cell.attention, cell.tokens)
-        longer = [c.tokens for c in done if c.ok and (c.attention, c.technique) == (cell.attention, cell.technique)
-                  and c.tokens > cell.tokens]
+        longer = [
+            c.tokens
+            for c in done
+            if c.ok and (c.attention, c.technique) == (cell.attention, cell.technique) and c.tokens > cell.tokens
+        ]
         if longer:  # a fallback length after a longer one fitted
             cell.status = f"skipped ({k(max(longer))} fits)"
         elif expected is not None and expected > max_step_s:
@@ -427,14 +479,18 @@ def k(tokens: int) -> str:
 
 
 def format_cell(cell: Cell) -> str:
-    return (f"{cell.attention:20s} {cell.technique:18s} T={k(cell.tokens):>5s} {cell.status:>8s} "
-            f"{cell.tokens_per_s:9.0f} tok/s {cell.step_s:7.2f} s {cell.peak_gib:6.1f} GiB "
-            f"(reserved {cell.reserved_gib:.1f}) loss {cell.loss:.3f} "
-            + " ".join(f"{name} {value:.2f}" for name, value in cell.seconds.items()))
+    return (
+        f"{cell.attention:20s} {cell.technique:18s} T={k(cell.tokens):>5s} {cell.status:>8s} "
+        f"{cell.tokens_per_s:9.0f} tok/s {cell.step_s:7.2f} s {cell.peak_gib:6.1f} GiB "
+        f"(reserved {cell.reserved_gib:.1f}) loss {cell.loss:.3f} "
+        + " ".join(f"{name} {value:.2f}" for name, value in cell.seconds.items())
+    )
 
 
-HEADER = ("| attention | memory techniques | T | tokens/s | vs full | peak GiB | step s | attention s | linear s "
-          "| loss s | optimizer s | other s | copies s |")
+HEADER = (
+    "| attention | memory techniques | T | tokens/s | vs full | peak GiB | step s | attention s | linear s "
+    "| loss s | optimizer s | other s | copies s |"
+)
 
 
 def table(cells: list[Cell]) -> str:
@@ -477,9 +533,20 @@ def environment() -> dict:
     return info
 
 
-def main_bench(lengths: list[int], ablation_tokens: list[int], *, tiny: bool, warmup: int, doc_tokens: int | None,
-               supervised: int, max_step_s: float, out: Path | None, find_max: bool, cells: list[Cell] | None = None,
-               log=print) -> str:
+def main_bench(
+    lengths: list[int],
+    ablation_tokens: list[int],
+    *,
+    tiny: bool,
+    warmup: int,
+    doc_tokens: int | None,
+    supervised: int,
+    max_step_s: float,
+    out: Path | None,
+    find_max: bool,
+    cells: list[Cell] | None = None,
+    log=print,
+) -> str:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     shape = dict(QWEN3_4B)
     if tiny:  # the shipped tiny Qwen3 shape: a CPU smoke test of the harness
@@ -488,8 +555,15 @@ def main_bench(lengths: list[int], ablation_tokens: list[int], *, tiny: bool, wa
     with tempfile.TemporaryDirectory() as workdir:
         tiny_swaa = ["swaa.sliding_window_size=64", "swaa.keep_first=4", "swaa.non_sliding_layers=[1]"]
         setup = BenchSetup(shape, device, Path(workdir), overrides=tiny_swaa if tiny else [])
-        cells = run_grid(setup, cells or grid(lengths, ablation_tokens), warmup=warmup, doc_tokens=doc_tokens,
-                         supervised=supervised, max_step_s=max_step_s, log=log)
+        cells = run_grid(
+            setup,
+            cells or grid(lengths, ablation_tokens),
+            warmup=warmup,
+            doc_tokens=doc_tokens,
+            supervised=supervised,
+            max_step_s=max_step_s,
+            log=log,
+        )
         capacity = torch.cuda.get_device_properties(0).total_memory / GIB if device == "cuda" else 0.0
         if find_max and device == "cuda":
             cells += probe_largest(setup, cells, capacity, warmup, doc_tokens, supervised, max_step_s, log)
@@ -519,3 +593,61 @@ def probe_largest(setup, cells, capacity, warmup, doc_tokens, supervised, max_st
         if cell.ok:
             break
     return probes
+
+
+def tokens(text: str) -> list[int]:
+    return [int(float(t[:-1]) * 1024) if t.endswith("k") else int(t) for t in text.split(",") if t]
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--lengths", type=tokens, default=tokens("16k,32k,64k,128k,256k"), help="T values, e.g. 16k,32k"
+    )
+    parser.add_argument(
+        "--ablation",
+        type=tokens,
+        default=tokens("128k"),
+        help="T values of the rows that add one memory technique at a time (recipe attention)",
+    )
+    parser.add_argument("--doc-tokens", type=tokens, default=None, help="document length in the pack (default: T)")
+    parser.add_argument("--supervised", type=int, default=1024, help="supervised tokens at the end of each document")
+    parser.add_argument("--warmup", type=int, default=1, help="unprofiled steps before the profiled one")
+    parser.add_argument(
+        "--max-step-seconds",
+        type=float,
+        default=150.0,
+        help="skip a cell whose step time, extrapolated from the cells before it, is longer",
+    )
+    parser.add_argument("--find-max", action="store_true", help="run the recipe at the extrapolated largest T")
+    parser.add_argument(
+        "--cells",
+        default="",
+        help="run these cells instead of the grid: ATTENTION@T[/TECHNIQUE],... with ATTENTION one of "
+        "full, recipe, swa, e.g. 'swa@256k,recipe@256k,swa@256k/liger'",
+    )
+    parser.add_argument("--tiny", action="store_true", help="the shipped tiny Qwen3 shape instead of Qwen3-4B")
+    parser.add_argument("--out", type=Path, default=None, help="also write bench_train.md and .json here")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+    from swaa_train.benchmark import main_bench, parse_cells
+
+    report = main_bench(
+        args.lengths,
+        args.ablation,
+        tiny=args.tiny,
+        warmup=args.warmup,
+        doc_tokens=args.doc_tokens[0] if args.doc_tokens else None,
+        supervised=args.supervised,
+        max_step_s=args.max_step_seconds,
+        out=args.out,
+        find_max=args.find_max,
+        cells=parse_cells(args.cells),
+        log=lambda line: print(line, flush=True),
+    )
+    print(report)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,5 +1,5 @@
 """Pretrain a small Qwen3-architecture model from scratch with FULL attention, for the
-adaptation experiment (scripts/repro/): the full-attention model that SWAA then adapts.
+adaptation experiment (experiments/adaptation/): the full-attention model that SWAA then adapts.
 
 A plain PyTorch loop, because nothing here is LoRA or SFT: every step is one padding-free
 packed row of whole documents (each keeps its own positions and attention, through the
@@ -10,13 +10,13 @@ thousands of passage tokens) and language-model text (next-token loss on every t
 
 Induction warm-up: the first `copy_warmup_steps` steps, and then one step in `copy_every`,
 pack random-token copy documents instead (a random sequence shown twice, the loss on the second
-copy: repro_data.copy_document). Copying a span seen before is what every look-up ends with,
+copy: data.copy_document). Copying a span seen before is what every look-up ends with,
 and the synthetic text lets a model lower its loss for a long time without learning it; with
 the warm-up, a toy model on CPU gave its first exact held-out answers (docs/adaptation.md,
 "CPU study").
 
 Length curriculum: the first `short_fraction` of the run packs short questions and look-up
-drills (facts with no filler, then all restated: repro_data.make_drill_texts), the rest the
+drills (facts with no filler, then all restated: data.make_drill_texts), the rest the
 long questions and text. On CPU, without the drills (short filler text instead) a toy model
 never left the copy-the-question plateau; with drills of 1-8 facts it starts to look values
 up (docs/adaptation.md, "CPU study"). With `eval_every`, the log also holds the teacher-forced
@@ -37,14 +37,25 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import torch
 import torch.nn.functional as F
-from transformers import AttentionInterface, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, Qwen3Config
+from transformers import (
+    AttentionInterface,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PreTrainedModel,
+    Qwen3Config,
+)
 from transformers.masking_utils import AttentionMaskInterface, flash_attention_mask
 from transformers.utils import logging
 
-from .attention import ATTN_IMPLEMENTATION, apply_swaa, register_swaa_attention, swaa_attention_forward
-from .config import SWAAConfig
-from .data import encode_single_turn
-from .repro_data import copy_document
+from experiments.adaptation.data import copy_document
+from swaa_train.attention import (
+    ATTN_IMPLEMENTATION,
+    apply_swaa,
+    register_swaa_attention,
+    swaa_attention_forward,
+)
+from swaa_train.data import encode_single_turn
+from swaa_train.swaa_config import SWAAConfig
 
 logger = logging.get_logger(__name__)
 
@@ -67,19 +78,28 @@ class PretrainArgs:
     max_steps: int = field(default=100000, metadata={"help": "Stop after this many steps..."})
     time_budget_s: float = field(default=240.0, metadata={"help": "...or after this many seconds."})
     short_fraction: float = field(default=0.5, metadata={"help": "Share of the run on short questions."})
-    copy_warmup_steps: int = field(default=200, metadata={
-        "help": "Induction warm-up: the first steps train on random-token copy documents only (0: none)."})
-    copy_every: int = field(default=4, metadata={
-        "help": "After the warm-up, one step in this many is a copy step (0: none)."})
+    copy_warmup_steps: int = field(
+        default=200,
+        metadata={"help": "Induction warm-up: the first steps train on random-token copy documents only (0: none)."},
+    )
+    copy_every: int = field(
+        default=4, metadata={"help": "After the warm-up, one step in this many is a copy step (0: none)."}
+    )
     copy_min_length: int = field(default=24, metadata={"help": "Shortest random sequence of a copy document."})
-    copy_max_length: int = field(default=24, metadata={
-        "help": "Longest random sequence of a copy document (shown twice; the loss is on the second copy). One "
-                "length lets the model copy by position, learnt in ~100 toy steps on CPU; random lengths (a true "
-                "induction head) were not learnt in 600 (docs/adaptation.md)."})
+    copy_max_length: int = field(
+        default=24,
+        metadata={
+            "help": "Longest random sequence of a copy document (shown twice; the loss is on the second copy). One "
+            "length lets the model copy by position, learnt in ~100 toy steps on CPU; random lengths (a true "
+            "induction head) were not learnt in 600 (docs/adaptation.md)."
+        },
+    )
     lm_weight: float = field(default=0.5, metadata={"help": "Weight of the next-token loss beside the answer loss."})
     num_workers: int = field(default=8, metadata={"help": "Tokenizing data-loader processes (0: in-process)."})
     log_every: int = field(default=25, metadata={"help": "Steps between log lines."})
-    eval_every: int = field(default=100, metadata={"help": "Steps between held-out checks (eval_short.parquet; 0: none)."})
+    eval_every: int = field(
+        default=100, metadata={"help": "Steps between held-out checks (eval_short.parquet; 0: none)."}
+    )
     eval_rows: int = field(default=100, metadata={"help": "Held-out questions per check."})
     seed: int = field(default=0, metadata={"help": "Seed of the weights and of the document order."})
     device: str | None = field(default=None, metadata={"help": "cuda or cpu (default: cuda if available)."})
@@ -90,7 +110,9 @@ class PretrainArgs:
         if not 0.0 <= self.short_fraction < 1.0:
             raise ValueError(f"short_fraction must be in [0, 1), got {self.short_fraction}")
         if min(self.copy_warmup_steps, self.copy_every) < 0 or not 1 <= self.copy_min_length <= self.copy_max_length:
-            raise ValueError(f"need copy_warmup_steps, copy_every >= 0 and 1 <= copy_min_length <= copy_max_length: {self}")
+            raise ValueError(
+                f"need copy_warmup_steps, copy_every >= 0 and 1 <= copy_min_length <= copy_max_length: {self}"
+            )
 
     def is_copy_step(self, step: int) -> bool:
         """Step `step` (from 0) trains on copy documents: the warm-up, then one step in `copy_every`."""
@@ -100,10 +122,18 @@ class PretrainArgs:
 
 def model_config(args: PretrainArgs, tokenizer) -> Qwen3Config:
     return Qwen3Config(
-        vocab_size=len(tokenizer), hidden_size=args.hidden_size, intermediate_size=args.intermediate_size,
-        num_hidden_layers=args.num_layers, num_attention_heads=args.num_heads, num_key_value_heads=args.num_kv_heads,
-        head_dim=args.hidden_size // args.num_heads, max_position_embeddings=32768, rope_theta=args.rope_theta,
-        tie_word_embeddings=args.tie_embeddings, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+        vocab_size=len(tokenizer),
+        hidden_size=args.hidden_size,
+        intermediate_size=args.intermediate_size,
+        num_hidden_layers=args.num_layers,
+        num_attention_heads=args.num_heads,
+        num_key_value_heads=args.num_kv_heads,
+        head_dim=args.hidden_size // args.num_heads,
+        max_position_embeddings=32768,
+        rope_theta=args.rope_theta,
+        tie_word_embeddings=args.tie_embeddings,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
         bos_token_id=None,
     )
 
@@ -162,7 +192,7 @@ class PackedDocuments(torch.utils.data.IterableDataset):
 
 
 class CopyDocuments(PackedDocuments):
-    """Endless packed rows of random-token copy documents (repro_data.copy_document): the
+    """Endless packed rows of random-token copy documents (data.copy_document): the
     induction warm-up. Tokens are drawn from the vocabulary less its special tokens."""
 
     def __init__(self, tokenizer, tokens_per_step: int, seed: int, lengths: tuple[int, int]):
@@ -204,8 +234,12 @@ def packed_loss(model, batch: dict, lm_weight: float, device) -> tuple[torch.Ten
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=ids.is_cuda)
     with autocast:
         hidden = model.model(
-            input_ids=ids[None], position_ids=positions[None], cu_seq_lens_q=cu, cu_seq_lens_k=cu,
-            max_length_q=max_len, max_length_k=max_len,
+            input_ids=ids[None],
+            position_ids=positions[None],
+            cu_seq_lens_q=cu,
+            cu_seq_lens_k=cu,
+            max_length_q=max_len,
+            max_length_k=max_len,
         ).last_hidden_state[0, :-1]
         logits = model.lm_head(hidden).float()
     targets = ids[1:]
@@ -218,8 +252,11 @@ def packed_loss(model, batch: dict, lm_weight: float, device) -> tuple[torch.Ten
     answer_loss = ce[answer].mean() if answer.any() else zero
     text_loss = ce[text].mean() if text.any() else zero
     with torch.no_grad():
-        stats = {"answer_loss": answer_loss.detach(), "text_loss": text_loss.detach(), **answer_accuracy(
-            logits.argmax(-1) == targets, answer, lengths.to(device), batch["question"].to(device))}
+        stats = {
+            "answer_loss": answer_loss.detach(),
+            "text_loss": text_loss.detach(),
+            **answer_accuracy(logits.argmax(-1) == targets, answer, lengths.to(device), batch["question"].to(device)),
+        }
     return answer_loss + lm_weight * text_loss, stats
 
 
@@ -231,8 +268,12 @@ def answer_accuracy(correct: torch.Tensor, answer: torch.Tensor, lengths: torch.
     wrong = torch.zeros_like(question, dtype=torch.long).index_add_(0, doc, (on_question & ~correct).long())
     asked = torch.zeros_like(question, dtype=torch.long).index_add_(0, doc, on_question.long()) > 0
     return {
-        "answer_token_acc": correct[answer].float().mean() if answer.any() else correct.new_zeros((), dtype=torch.float),
-        "question_exact": (wrong[asked] == 0).float().mean() if asked.any() else correct.new_zeros((), dtype=torch.float),
+        "answer_token_acc": correct[answer].float().mean()
+        if answer.any()
+        else correct.new_zeros((), dtype=torch.float),
+        "question_exact": (wrong[asked] == 0).float().mean()
+        if asked.any()
+        else correct.new_zeros((), dtype=torch.float),
     }
 
 
@@ -295,25 +336,38 @@ def pretrain(args: PretrainArgs) -> dict:
     tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
     model = build_model(args, tokenizer).to(device).train()
     params = sum(p.numel() for p in model.parameters())
-    logger.info("Pretraining a %.1fM-parameter Qwen3 (%d layers, width %d) with full attention on %s",
-                params / 1e6, args.num_layers, args.hidden_size, device)
+    logger.info(
+        "Pretraining a %.1fM-parameter Qwen3 (%d layers, width %d) with full attention on %s",
+        params / 1e6,
+        args.num_layers,
+        args.hidden_size,
+        device,
+    )
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
     optimizer = torch.optim.AdamW(
         [{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=args.learning_rate, betas=(0.9, 0.95), fused=device.type == "cuda",
+        lr=args.learning_rate,
+        betas=(0.9, 0.95),
+        fused=device.type == "cuda",
     )
     data = Path(args.data_dir)
     # Short phase: short questions + look-up drills (lm_short, filler text, only where no drills were written).
     drill = data / "drill.parquet" if (data / "drill.parquet").is_file() else data / "lm_short.parquet"
-    phases = [read_docs(data / "train_short.parquet") + read_docs(drill),
-              read_docs(data / "train.parquet") + read_docs(data / "lm.parquet")]
-    streams = [loader(PackedDocuments(docs, tokenizer, args.tokens_per_step, seed=args.seed * 10 + k), args)
-               for k, docs in enumerate(phases)]
+    phases = [
+        read_docs(data / "train_short.parquet") + read_docs(drill),
+        read_docs(data / "train.parquet") + read_docs(data / "lm.parquet"),
+    ]
+    streams = [
+        loader(PackedDocuments(docs, tokenizer, args.tokens_per_step, seed=args.seed * 10 + k), args)
+        for k, docs in enumerate(phases)
+    ]
     copies = None
     if args.copy_warmup_steps or args.copy_every:
-        copies = loader(CopyDocuments(tokenizer, args.tokens_per_step, args.seed,
-                                      (args.copy_min_length, args.copy_max_length)), args)
+        copies = loader(
+            CopyDocuments(tokenizer, args.tokens_per_step, args.seed, (args.copy_min_length, args.copy_max_length)),
+            args,
+        )
     heldout = []
     if args.eval_every and (data / "eval_short.parquet").is_file():
         heldout = read_docs(data / "eval_short.parquet")[: args.eval_rows]
@@ -337,9 +391,15 @@ def pretrain(args: PretrainArgs) -> dict:
         step, tokens = step + 1, tokens + batch["input_ids"].numel()
         check = bool(heldout) and step % args.eval_every == 0
         if step % args.log_every == 0 or step == 1 or check:
-            record = {"step": step, "phase": phase, "copy": copy, "elapsed_s": round(time.monotonic() - start, 1),
-                      "tokens": tokens, "lr": optimizer.param_groups[0]["lr"],
-                      **{k: round(float(v), 4) for k, v in stats.items()}}
+            record = {
+                "step": step,
+                "phase": phase,
+                "copy": copy,
+                "elapsed_s": round(time.monotonic() - start, 1),
+                "tokens": tokens,
+                "lr": optimizer.param_groups[0]["lr"],
+                **{k: round(float(v), 4) for k, v in stats.items()},
+            }
             if check or (heldout and step == 1):
                 record.update(heldout_exact(model, tokenizer, heldout, device, args.tokens_per_step))
             log.write(json.dumps(record) + "\n")
@@ -350,9 +410,15 @@ def pretrain(args: PretrainArgs) -> dict:
     model.set_attn_implementation(ATTN_IMPLEMENTATION)
     model.to(torch.bfloat16).save_pretrained(out)
     tokenizer.save_pretrained(out)
-    summary = {"parameters": params, "steps": step, "tokens": tokens, "seconds": round(elapsed, 1),
-               "tokens_per_second": round(tokens / max(elapsed, 1e-9)), "device": str(device),
-               "args": asdict(args)}
+    summary = {
+        "parameters": params,
+        "steps": step,
+        "tokens": tokens,
+        "seconds": round(elapsed, 1),
+        "tokens_per_second": round(tokens / max(elapsed, 1e-9)),
+        "device": str(device),
+        "args": asdict(args),
+    }
     (out / "pretrain_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     logger.info("Pretrained %d steps, %.1fM tokens in %.0f s; saved to %s", step, tokens / 1e6, elapsed, out)
     return summary

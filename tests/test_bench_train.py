@@ -6,10 +6,9 @@ import math
 
 import pytest
 import torch
-from swaa_attn import swaa_attn_varlen_ref
 from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
-from swaa_train.benchmark import (
+from benchmarks.bench_train import (
     ALL_ON,
     ALL_SWA,
     FULL,
@@ -19,13 +18,15 @@ from swaa_train.benchmark import (
     classify,
     grid,
     largest_fit,
-    parse_cells,
     packed_example,
+    parse_cells,
     predict_step_s,
     sdpa_varlen_attention,
     table,
 )
-from swaa_train.trainer import IGNORE_INDEX, FullFromCollator
+from swaa_attn import swaa_attn_varlen_ref
+from swaa_train.attention import IGNORE_INDEX
+from swaa_train.trainer import FullFromCollator
 
 
 def test_packed_example_supervises_the_end_of_each_document():
@@ -35,7 +36,7 @@ def test_packed_example_supervises_the_end_of_each_document():
     assert len(labels) == len(ids) == 100
     for start, n in ((0, 40), (40, 40), (80, 20)):
         end = start + n
-        assert labels[start:end] == [IGNORE_INDEX] * (n - 8) + ids[end - 8:end]
+        assert labels[start:end] == [IGNORE_INDEX] * (n - 8) + ids[end - 8 : end]
     batch = FullFromCollator(DataCollatorForLanguageModeling(pad_token_id=0, padding_free=True))([example])
     assert batch["swaa_full_from"].tolist() == [32, 32, 12]
     assert batch["cu_seq_lens_q"].tolist() == [0, 40, 80, 100]
@@ -54,19 +55,22 @@ def test_sdpa_baseline_is_full_causal_per_document():
     torch.testing.assert_close(out[0], expected, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("kernel, ops, category", [
-    ("void cutlass_80_wmma_gemm", ["aten::mm", "MmBackward0"], "linear"),
-    ("nvjet_tst_128x256", ["aten::mm", "optimizer", "Optimizer.step#AdamW.step"], "optimizer"),
-    ("_fused_adamw", ["Optimizer.step#AdamW.step"], "optimizer"),
-    ("_fwd_kernel", ["SWAAAttnFunction"], "attention"),
-    ("_bwd_dkdv_kernel", ["SWAAAttnFunctionBackward"], "attention"),
-    ("cudnn_generated_fort_native_sdpa", ["aten::_scaled_dot_product_cudnn_attention"], "attention"),
-    ("nvjet_tst_64x8", ["aten::mm", "_ChunkedLogProbFunction"], "loss"),
-    ("triton_logprob", ["_ChunkedLogProbFunctionBackward"], "loss"),
-    ("Memcpy DtoH (Device -> Pinned)", ["aten::copy_"], "copy"),
-    ("_rms_norm_forward_kernel", ["LigerRMSNormFunction"], "other"),
-    ("elementwise_kernel", ["aten::add"], "other"),
-])
+@pytest.mark.parametrize(
+    "kernel, ops, category",
+    [
+        ("void cutlass_80_wmma_gemm", ["aten::mm", "MmBackward0"], "linear"),
+        ("nvjet_tst_128x256", ["aten::mm", "optimizer", "Optimizer.step#AdamW.step"], "optimizer"),
+        ("_fused_adamw", ["Optimizer.step#AdamW.step"], "optimizer"),
+        ("_fwd_kernel", ["SWAAAttnFunction"], "attention"),
+        ("_bwd_dkdv_kernel", ["SWAAAttnFunctionBackward"], "attention"),
+        ("cudnn_generated_fort_native_sdpa", ["aten::_scaled_dot_product_cudnn_attention"], "attention"),
+        ("nvjet_tst_64x8", ["aten::mm", "_ChunkedLogProbFunction"], "loss"),
+        ("triton_logprob", ["_ChunkedLogProbFunctionBackward"], "loss"),
+        ("Memcpy DtoH (Device -> Pinned)", ["aten::copy_"], "copy"),
+        ("_rms_norm_forward_kernel", ["LigerRMSNormFunction"], "other"),
+        ("elementwise_kernel", ["aten::add"], "other"),
+    ],
+)
 def test_classify(kernel, ops, category):
     assert classify(kernel, ops) == category
 
@@ -89,23 +93,29 @@ def test_grid_runs_liger_free_techniques_first_and_cheap_attention_first():
     cells = grid([32768, 65536], [32768])
     techniques = [c.technique for c in cells]
     assert techniques[0] == "none" and not TECHNIQUES["none"].liger_kernel  # before liger enters the model
-    assert techniques[:3] == ["none", "liger", "liger + tiled MLP"] and techniques[-1] == "defaults + tiled MLP"
-    assert [c.attention for c in cells[3:6]] == [ALL_SWA, RECIPE_SWAA, FULL]
-    assert len(cells) == 4 + 2 * 3
+    assert techniques[:2] == ["none", "liger"]
+    assert [c.attention for c in cells[2:5]] == [ALL_SWA, RECIPE_SWAA, FULL]
+    assert len(cells) == 2 + 2 * 3 and all(c.technique == ALL_ON for c in cells[2:])
 
 
 def test_parse_cells():
-    cells = parse_cells("swa@256k, recipe@480k/defaults + tiled MLP,full@1000")
+    cells = parse_cells("swa@256k, recipe@480k/liger,full@1000")
     assert [(c.attention, c.tokens, c.technique) for c in cells] == [
-        (ALL_SWA, 262144, ALL_ON), (RECIPE_SWAA, 491520, "defaults + tiled MLP"), (FULL, 1000, ALL_ON)]
+        (ALL_SWA, 262144, ALL_ON),
+        (RECIPE_SWAA, 491520, "liger"),
+        (FULL, 1000, ALL_ON),
+    ]
     assert parse_cells("") == []
     with pytest.raises(ValueError, match="attention one of"):
         parse_cells("flash@16k")
 
 
 def test_table_reports_speedup_and_failures():
-    cells = [Cell(FULL, 32768, step_s=4.0, peak_gib=30.0, seconds={"attention": 2.5}),
-             Cell(RECIPE_SWAA, 32768, step_s=2.0, peak_gib=20.0), Cell(ALL_SWA, 32768, status="OOM")]
+    cells = [
+        Cell(FULL, 32768, step_s=4.0, peak_gib=30.0, seconds={"attention": 2.5}),
+        Cell(RECIPE_SWAA, 32768, step_s=2.0, peak_gib=20.0),
+        Cell(ALL_SWA, 32768, status="OOM"),
+    ]
     text = table(cells)
     assert "| SWAA recipe | defaults | 32k | 16,384 | 2.00x | 20.0 |" in text
     assert "| SWA all layers | defaults | 32k | OOM |" in text

@@ -1,6 +1,6 @@
 """Stage 1 (CPU): the experiment's data as parquet files in --out.
 
-    python scripts/repro/data.py --out outputs/repro/data
+    python -m experiments.adaptation.make_data --out outputs/repro/data
 
 train / eval: single- and two-hop retrieval questions over 2k-16k-token prompts (disjoint
 entities), fusang_long schema; train_short / lm_short / eval_short: 64-256 tokens; lm / lm_short: text
@@ -13,7 +13,7 @@ import json
 
 from transformers.utils import logging
 
-from swaa_train.repro_data import show_progress, write_repro_data
+from experiments.adaptation.data import show_progress, write_repro_data
 
 logger = logging.get_logger("swaa_train")
 
@@ -25,8 +25,12 @@ def main() -> None:
     parser.add_argument("--short-rows", type=int, default=30000, help="train_short.parquet rows")
     parser.add_argument("--lm-rows", type=int, default=3000, help="lm.parquet documents (2k-16k tokens)")
     parser.add_argument("--lm-short-rows", type=int, default=10000, help="lm_short.parquet documents")
-    parser.add_argument("--drill-rows", type=int, default=60000, help="drill.parquet: facts then their recall, no filler")
-    parser.add_argument("--eval-short-rows", type=int, default=200, help="eval_short.parquet: held-out check in pretraining")
+    parser.add_argument(
+        "--drill-rows", type=int, default=60000, help="drill.parquet: facts then their recall, no filler"
+    )
+    parser.add_argument(
+        "--eval-short-rows", type=int, default=200, help="eval_short.parquet: held-out check in pretraining"
+    )
     parser.add_argument("--eval-rows", type=int, default=200, help="eval.parquet rows (held-out entities)")
     parser.add_argument("--min-tokens", type=int, default=2048, help="shortest train/eval/lm prompt")
     parser.add_argument("--max-tokens", type=int, default=16384, help="longest train/eval/lm prompt")
@@ -34,11 +38,23 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=None, help="generator processes (default: all cores)")
     args = parser.parse_args()
     show_progress()
-    counts = {"train": args.train_rows, "train_short": args.short_rows, "lm": args.lm_rows,
-              "lm_short": args.lm_short_rows, "eval": args.eval_rows,
-              "drill": args.drill_rows, "eval_short": args.eval_short_rows}
-    paths = write_repro_data(args.out, counts, min_tokens=args.min_tokens, max_tokens=args.max_tokens,
-                             short_tokens=tuple(args.short_tokens), workers=args.workers)
+    counts = {
+        "train": args.train_rows,
+        "train_short": args.short_rows,
+        "lm": args.lm_rows,
+        "lm_short": args.lm_short_rows,
+        "eval": args.eval_rows,
+        "drill": args.drill_rows,
+        "eval_short": args.eval_short_rows,
+    }
+    paths = write_repro_data(
+        args.out,
+        counts,
+        min_tokens=args.min_tokens,
+        max_tokens=args.max_tokens,
+        short_tokens=tuple(args.short_tokens),
+        workers=args.workers,
+    )
     logger.info("Wrote %s", json.dumps({k: str(v) for k, v in paths.items()}))
 
 

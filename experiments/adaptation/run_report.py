@@ -1,6 +1,6 @@
 """Stage 4 (CPU): table and plot of accuracy against relative prefill cost.
 
-    python scripts/repro/report.py --results outputs/repro/results --plot docs/adaptation.png
+    python -m experiments.adaptation.run_report --results outputs/repro/results --plot docs/adaptation.png
 
 Reads the two ladders under --results, adds each setting's prefill cost over the eval
 prompts, writes --results/results.json and --results/table.md, draws the plot, prints the table.
@@ -13,7 +13,7 @@ from pathlib import Path
 
 from transformers import AutoConfig
 
-from swaa_train.repro import format_results_table, write_report
+from experiments.adaptation.ladder import format_results_table, write_report
 
 
 def main() -> None:
@@ -28,8 +28,9 @@ def main() -> None:
     num_layers = AutoConfig.from_pretrained(args.model).num_hidden_layers
     summary = Path(args.model) / "pretrain_summary.json"
     extra = {"pretrain": json.loads(summary.read_text())} if summary.is_file() else {}
-    report = write_report(args.results, args.eval_data, args.model, num_layers, args.plot, args.limit, args.title,
-                          extra)
+    report = write_report(
+        args.results, args.eval_data, args.model, num_layers, args.plot, args.limit, args.title, extra
+    )
     sys.stdout.write(format_results_table(report["rows"]) + "\n\n" + json.dumps(report["targets"], indent=2) + "\n")
 
 

@@ -1,8 +1,8 @@
-"""The adaptation experiment (scripts/repro/, docs/adaptation.md): evaluate a full-attention
+"""The adaptation experiment (experiments/adaptation/, docs/adaptation.md): evaluate a full-attention
 model under the SWAA ladder, LoRA-train it under SWAA with the toolkit's trainer, evaluate
 again, and report accuracy beside relative prefill cost (table + plot).
 
-Stages after the data and pretraining ones (repro_data.py, pretrain.py):
+Stages after the data and pretraining ones (data.py, pretrain.py):
 - `run_adaptation`: eval ladder without adapter -> SWAATrainer on the recipe -> eval ladder
   with the adapter (evaluate.py writes samples.jsonl / results.json / results.md for each);
 - `write_report`: adds the prefill cost of each setting over the eval prompts
@@ -26,9 +26,10 @@ from pathlib import Path
 from transformers import TrainerCallback
 from transformers.utils import logging
 
-from .config import SWAAConfig, load_recipe
-from .evaluate import EvalSetting, default_settings, run_evaluation
-from .prefill_cost import relative_prefill_cost
+from experiments.adaptation.prefill_cost import relative_prefill_cost
+from swaa_train.evaluate import EvalSetting, default_settings, run_evaluation
+from swaa_train.recipe import load_recipe
+from swaa_train.swaa_config import SWAAConfig
 
 logger = logging.get_logger(__name__)
 
@@ -56,11 +57,15 @@ class TimeBudget(TrainerCallback):
             control.should_training_stop = True
 
 
-def train_adapter(recipe_path: str, overrides: list[str] | None = None, time_budget_s: float | None = None,
-                  num_proc: int | None = None):
+def train_adapter(
+    recipe_path: str,
+    overrides: list[str] | None = None,
+    time_budget_s: float | None = None,
+    num_proc: int | None = None,
+):
     """run.py's training run, with the rows tokenized in `num_proc` processes and an optional
     wall-clock budget; returns the trainer (adapter + swaa_config.json saved in output_dir)."""
-    from .run import build_trainer
+    from swaa_train.run import build_trainer
 
     recipe, raw = load_recipe(recipe_path, [*(overrides or []), f"data.num_proc={num_proc or 'null'}"])
     trainer = build_trainer(recipe, raw)
@@ -72,9 +77,16 @@ def train_adapter(recipe_path: str, overrides: list[str] | None = None, time_bud
 
 
 def run_adaptation(
-    recipe_path: str, eval_data: str, out_dir: str, overrides: list[str] | None = None,
-    lora_time_budget_s: float | None = None, limit: int | None = None, max_new_tokens: int = 48,
-    batch_size: int = 32, num_proc: int | None = None, device: str | None = None,
+    recipe_path: str,
+    eval_data: str,
+    out_dir: str,
+    overrides: list[str] | None = None,
+    lora_time_budget_s: float | None = None,
+    limit: int | None = None,
+    max_new_tokens: int = 48,
+    batch_size: int = 32,
+    num_proc: int | None = None,
+    device: str | None = None,
 ) -> dict:
     """Ladder without adapter, LoRA training under the recipe's SWAA settings, ladder with the adapter."""
     import torch
@@ -95,8 +107,14 @@ def run_adaptation(
     timings["lora_steps"] = trainer.state.global_step
     del trainer
     start = time.monotonic()
-    run_evaluation(base, eval_data, str(out / ADAPTER_EVAL), adapter=adapter_dir,
-                   settings=ladder(recipe.swaa, num_layers, True), **common)
+    run_evaluation(
+        base,
+        eval_data,
+        str(out / ADAPTER_EVAL),
+        adapter=adapter_dir,
+        settings=ladder(recipe.swaa, num_layers, True),
+        **common,
+    )
     timings["eval_adapter_s"] = time.monotonic() - start
     timings = {k: round(v, 1) for k, v in timings.items()}
     (out / "adapt_timings.json").write_text(json.dumps(timings, indent=2) + "\n")
@@ -110,8 +128,8 @@ def prompt_lengths(eval_data: str, tokenizer_dir: str, limit: int | None = None)
     """Tokens each eval prompt prefills: the prompt as one chat turn, as inference.generate renders it."""
     from transformers import AutoTokenizer
 
-    from .evaluate import load_eval_rows
-    from .inference import format_prompt
+    from swaa_train.evaluate import load_eval_rows
+    from swaa_train.inference import format_prompt
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     rows = load_eval_rows(eval_data, limit)
@@ -128,10 +146,11 @@ def _accuracy_by_hops(samples: Path, hops: list[int]) -> dict[str, dict[int, flo
     return {s: {h: c / n for h, (c, n) in by.items()} for s, by in counts.items()}
 
 
-def collect_results(out_dir: str, eval_data: str, tokenizer_dir: str, num_layers: int,
-                    limit: int | None = None) -> list[dict]:
+def collect_results(
+    out_dir: str, eval_data: str, tokenizer_dir: str, num_layers: int, limit: int | None = None
+) -> list[dict]:
     """Rows of both ladders with prefill cost, accuracy per hop count and accuracy relative to full attention."""
-    from .evaluate import load_eval_rows
+    from swaa_train.evaluate import load_eval_rows
 
     lengths = prompt_lengths(eval_data, tokenizer_dir, limit)
     hops = [int(r.get("hops") or 1) for r in load_eval_rows(eval_data, limit)]
@@ -143,8 +162,13 @@ def collect_results(out_dir: str, eval_data: str, tokenizer_dir: str, num_layers
         by_hops = _accuracy_by_hops(folder / "samples.jsonl", hops)
         for row in json.loads((folder / "results.json").read_text()):
             swaa = SWAAConfig.from_dict(row["swaa"])
-            rows.append({**row, "prefill_cost": relative_prefill_cost(lengths, swaa, num_layers),
-                         "accuracy_by_hops": by_hops.get(row["setting"], {})})
+            rows.append(
+                {
+                    **row,
+                    "prefill_cost": relative_prefill_cost(lengths, swaa, num_layers),
+                    "accuracy_by_hops": by_hops.get(row["setting"], {}),
+                }
+            )
     full = next((r["accuracy"] for r in rows if not r["adapter"] and r["swaa"]["sliding_window_size"] is None), None)
     for row in rows:
         row["relative_accuracy"] = row["accuracy"] / full if full else None
@@ -153,20 +177,26 @@ def collect_results(out_dir: str, eval_data: str, tokenizer_dir: str, num_layers
 
 def targets(rows: list[dict]) -> dict:
     """The issue's two claims: naive SWA < 30% of full attention; best adapter row >= 90% at cost < 50%."""
+
     def find(name, adapter):
-        return next((r for r in rows if r["setting"].removesuffix(" + adapter") == name and r["adapter"] == adapter), None)
+        return next(
+            (r for r in rows if r["setting"].removesuffix(" + adapter") == name and r["adapter"] == adapter), None
+        )
 
     naive = find("naive SWA", False)
     cheap = [r for r in rows if r["adapter"] and r["prefill_cost"] < 0.5 and r["swaa"]["sliding_window_size"]]
     best = max(cheap, key=lambda r: r["accuracy"], default=None)
     return {
         "naive_swa_relative": naive and naive["relative_accuracy"],
-        "naive_swa_below_30pct": bool(naive and naive["relative_accuracy"] is not None and naive["relative_accuracy"] < 0.3),
+        "naive_swa_below_30pct": bool(
+            naive and naive["relative_accuracy"] is not None and naive["relative_accuracy"] < 0.3
+        ),
         "best_adapter_setting": best and best["setting"],
         "best_adapter_relative": best and best["relative_accuracy"],
         "best_adapter_prefill_cost": best and best["prefill_cost"],
-        "best_adapter_recovers_90pct": bool(best and best["relative_accuracy"] is not None
-                                            and best["relative_accuracy"] >= 0.9),
+        "best_adapter_recovers_90pct": bool(
+            best and best["relative_accuracy"] is not None and best["relative_accuracy"] >= 0.9
+        ),
     }
 
 
@@ -176,7 +206,7 @@ def format_results_table(rows: list[dict]) -> str:
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in rows:
-        hop = lambda h: f"{100 * r['accuracy_by_hops'][h]:.1f}%" if h in r["accuracy_by_hops"] else "-"  # noqa: E731
+        hop = lambda h, r=r: f"{100 * r['accuracy_by_hops'][h]:.1f}%" if h in r["accuracy_by_hops"] else "-"
         rel = f"{100 * r['relative_accuracy']:.0f}%" if r["relative_accuracy"] is not None else "-"
         lines.append(
             f"| {r['setting'].removesuffix(' + adapter')} | {'yes' if r['adapter'] else 'no'} | {r['describe']} | "
@@ -188,7 +218,10 @@ def format_results_table(rows: list[dict]) -> str:
 
 
 SHORT_NAMES = {
-    "full attention": "full", "naive SWA": "SWA", "SWA + sinks": "+sinks", "SWA + sinks + FA decode": "+FA dec",
+    "full attention": "full",
+    "naive SWA": "SWA",
+    "SWA + sinks": "+sinks",
+    "SWA + sinks + FA decode": "+FA dec",
     "SWA + sinks + FA decode + interleaving": "+interleave",
 }
 
@@ -203,8 +236,15 @@ def plot_results(rows: list[dict], path: str | Path, title: str = "") -> Path:
     fig, ax = plt.subplots(figsize=(7, 4.6), dpi=130)
     for adapter, marker, color, label in ((False, "o", "tab:gray", "no LoRA"), (True, "^", "tab:blue", "SWAA LoRA")):
         points = [r for r in rows if r["adapter"] == adapter]
-        ax.scatter([100 * r["prefill_cost"] for r in points], [100 * r["accuracy"] for r in points],
-                   marker=marker, color=color, s=60, label=label, zorder=3)
+        ax.scatter(
+            [100 * r["prefill_cost"] for r in points],
+            [100 * r["accuracy"] for r in points],
+            marker=marker,
+            color=color,
+            s=60,
+            label=label,
+            zorder=3,
+        )
         placed: list[tuple[float, float]] = []
         for r in points:
             name = SHORT_NAMES.get(r["setting"].removesuffix(" + adapter"), r["setting"])
@@ -234,8 +274,16 @@ def plot_results(rows: list[dict], path: str | Path, title: str = "") -> Path:
     return path
 
 
-def write_report(out_dir: str, eval_data: str, tokenizer_dir: str, num_layers: int, plot_path: str | Path,
-                 limit: int | None = None, title: str = "", extra: dict | None = None) -> dict:
+def write_report(
+    out_dir: str,
+    eval_data: str,
+    tokenizer_dir: str,
+    num_layers: int,
+    plot_path: str | Path,
+    limit: int | None = None,
+    title: str = "",
+    extra: dict | None = None,
+) -> dict:
     """results.json (rows, targets, `extra` and adapt_timings.json if present) and table.md in
     out_dir, and the plot at plot_path."""
     rows = collect_results(out_dir, eval_data, tokenizer_dir, num_layers, limit)
@@ -268,12 +316,13 @@ def pack_base(base_dir: str | Path, out_dir: str | Path, chunk_mib: float = 15.0
     data, size = buffer.getvalue(), int(chunk_mib * 2**20)
     count = -(-len(data) // size)
     if count > max_chunks:
-        raise ValueError(f"{base} packs to {len(data) / 2**20:.1f} MiB: {count} chunks of {chunk_mib} MiB, "
-                         f"more than {max_chunks}")
+        raise ValueError(
+            f"{base} packs to {len(data) / 2**20:.1f} MiB: {count} chunks of {chunk_mib} MiB, more than {max_chunks}"
+        )
     out.mkdir(parents=True, exist_ok=True)
     chunks, manifest = [], []
     for k in range(count):
-        piece = data[k * size:(k + 1) * size]
+        piece = data[k * size : (k + 1) * size]
         chunks.append(out / f"{CHUNK_PREFIX}{k:02d}")
         chunks[-1].write_bytes(piece)
         manifest.append({"name": chunks[-1].name, "bytes": len(piece), "sha256": hashlib.sha256(piece).hexdigest()})

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from .config import SWAAConfig
+from swaa_train.swaa_config import SWAAConfig
 
 
 def causal_pairs(length: int) -> int:
@@ -28,7 +28,9 @@ def sliding_pairs(length: int, window: int | None, keep_first: int = 0) -> int:
     band = causal_pairs(window) + (length - window) * window  # min(i + 1, window) summed over i
     # Query i >= window also sees sinks j < keep_first with j <= i - window: min(keep_first, i - window + 1).
     beyond = length - window
-    sinks = causal_pairs(beyond) if beyond <= keep_first else causal_pairs(keep_first) + (beyond - keep_first) * keep_first
+    sinks = (
+        causal_pairs(beyond) if beyond <= keep_first else causal_pairs(keep_first) + (beyond - keep_first) * keep_first
+    )
     return band + sinks
 
 

@@ -1,14 +1,14 @@
 """Move the pretrained base between device calls: pack it into chunks small enough to come back
 from one call, or rebuild it from them (pretraining and adaptation as two calls).
 
-    python scripts/repro/base_chunks.py pack --base outputs/repro/base --chunks outputs/repro/chunks
-    python scripts/repro/base_chunks.py unpack --chunks DIR --base outputs/repro/base
+    python -m experiments.adaptation.base_chunks pack --base outputs/repro/base --chunks outputs/repro/chunks
+    python -m experiments.adaptation.base_chunks unpack --chunks DIR --base outputs/repro/base
 """
 
 import argparse
 
-from swaa_train.repro import pack_base, unpack_base
-from swaa_train.repro_data import show_progress
+from experiments.adaptation.data import show_progress
+from experiments.adaptation.ladder import pack_base, unpack_base
 
 
 def main() -> None:

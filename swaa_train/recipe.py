@@ -1,15 +1,13 @@
-"""Configuration: the SWAA inference config (swaa_config.json) and the training recipe.
+"""Recipes: recipes/NAME.yaml parsed into one dataclass per section, with overrides.
 
-`SWAAConfig` uses the field names of the SWAA reference code, so its inference patches can
-read the same file. A recipe (recipes/NAME.yaml) has one section per pipeline stage, each
-mapped 1:1 onto a dataclass; the `training` section is TRL's own `SFTConfig`.
+A recipe has one section per pipeline stage, each mapped 1:1 onto a dataclass (unknown keys
+are errors); the `swaa` section is the saved-file contract `SWAAConfig`, the `training`
+section TRL's own `SFTConfig`. YAML is read with YAML 1.2 scalars: only true/false are
+booleans (`no`, `off` stay strings) and `1e-4` is a number.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,123 +15,7 @@ from typing import Any
 
 import yaml
 
-SWAA_CONFIG_NAME = "swaa_config.json"
-
-
-def _fields(cls) -> set[str]:
-    return {f.name for f in dataclasses.fields(cls) if f.init}
-
-
-def _reject_unknown(cls, data: dict, where: str) -> None:
-    unknown = sorted(set(data) - _fields(cls))
-    if unknown:
-        raise ValueError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(_fields(cls))}")
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-@dataclass
-class SWAAConfig:
-    """How each layer attends. Saved as swaa_config.json beside every adapter and merged model."""
-
-    sliding_window_size: int | None = field(
-        default=None,
-        metadata={"help": "Keys each query sees in sliding layers, itself included; None = full attention."},
-    )
-    keep_first: int = field(
-        default=0, metadata={"help": "Sink tokens: the first keep_first keys of a sequence stay visible."}
-    )
-    force_fa_decode: bool | list[int] = field(
-        default=False,
-        metadata={
-            "help": "FA decode: answer/generated tokens attend to all keys. True for every layer, "
-            "or a list of the layer indices that do it."
-        },
-    )
-    non_sliding_layers: list[int] = field(
-        default_factory=list, metadata={"help": "Layer indices that keep full attention (interleaving)."}
-    )
-
-    def __post_init__(self):
-        w = self.sliding_window_size
-        if w is not None and (not _is_int(w) or w <= 0):
-            raise ValueError(f"sliding_window_size must be a positive int or null, got {w!r}")
-        if not _is_int(self.keep_first) or self.keep_first < 0:
-            raise ValueError(f"keep_first must be a non-negative int, got {self.keep_first!r}")
-        fa = self.force_fa_decode
-        if not isinstance(fa, bool):
-            if not isinstance(fa, (list, tuple)) or not all(_is_int(i) and i >= 0 for i in fa):
-                raise ValueError(f"force_fa_decode must be a bool or a list of layer indices, got {fa!r}")
-            self.force_fa_decode = sorted(set(fa))
-        nsl = self.non_sliding_layers
-        if not isinstance(nsl, (list, tuple)) or not all(_is_int(i) and i >= 0 for i in nsl):
-            raise ValueError(f"non_sliding_layers must be a list of layer indices, got {nsl!r}")
-        self.non_sliding_layers = sorted(set(nsl))
-
-    # -- per-layer resolution -------------------------------------------------------------
-    def layer_window(self, layer_idx: int) -> int | None:
-        """The window of layer `layer_idx`, or None where it keeps full attention."""
-        if self.sliding_window_size is None or layer_idx in self.non_sliding_layers:
-            return None
-        return self.sliding_window_size
-
-    def layer_fa_decode(self, layer_idx: int) -> bool:
-        if isinstance(self.force_fa_decode, bool):
-            return self.force_fa_decode
-        return layer_idx in self.force_fa_decode
-
-    def check_num_layers(self, num_layers: int) -> None:
-        """Raise if a layer index lies outside a model of `num_layers` layers."""
-        for name in ("non_sliding_layers", "force_fa_decode"):
-            value = getattr(self, name)
-            bad = [i for i in value if i >= num_layers] if isinstance(value, list) else []
-            if bad:
-                raise ValueError(f"{name}: layer index {bad} out of range for a model of {num_layers} layers")
-
-    # -- (de)serialisation -----------------------------------------------------------------
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict, num_layers: int | None = None) -> "SWAAConfig":
-        if not isinstance(data, dict):
-            raise ValueError(f"swaa config must be a mapping, got {type(data).__name__}")
-        _reject_unknown(cls, data, "swaa config")
-        config = cls(**data)
-        if num_layers is not None:
-            config.check_num_layers(num_layers)
-        return config
-
-    def save(self, directory: str | os.PathLike) -> Path:
-        path = Path(directory) / SWAA_CONFIG_NAME
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
-        return path
-
-    @classmethod
-    def load(cls, path: str | os.PathLike, num_layers: int | None = None) -> "SWAAConfig":
-        """Read swaa_config.json (a file, or a directory holding one)."""
-        path = Path(path)
-        if path.is_dir():
-            path = path / SWAA_CONFIG_NAME
-        try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path}: not valid JSON ({err})") from None
-        return cls.from_dict(data, num_layers=num_layers)
-
-    def describe(self) -> str:
-        """One line for logs and model cards."""
-        if self.sliding_window_size is None:
-            return "full attention (no sliding window)"
-        parts = [f"window {self.sliding_window_size}", f"keep_first {self.keep_first}"]
-        fa = self.force_fa_decode
-        parts.append("FA decode" if fa is True else f"FA decode on layers {fa}" if fa else "no FA decode")
-        if self.non_sliding_layers:
-            parts.append(f"full-attention layers {self.non_sliding_layers}")
-        return ", ".join(parts)
+from .swaa_config import SWAAConfig, is_int, reject_unknown
 
 
 # ------------------------------------------------------------------------------------------
@@ -169,7 +51,7 @@ class LoraArgs:
     bias: str = field(default="none", metadata={"help": "PEFT bias mode: none, all or lora_only."})
 
     def __post_init__(self):
-        if not _is_int(self.r) or self.r <= 0:
+        if not is_int(self.r) or self.r <= 0:
             raise ValueError(f"lora.r must be a positive int, got {self.r!r}")
         if not isinstance(self.alpha, (int, float)) or self.alpha <= 0:
             raise ValueError(f"lora.alpha must be positive, got {self.alpha!r}")
@@ -207,12 +89,12 @@ class DataArgs:
         formats = ("auto", "fusang_long", "messages", "prompt_completion", "instruction_output")
         if self.format not in formats:
             raise ValueError(f"data.format must be one of {formats}, got {self.format!r}")
-        if not _is_int(self.min_length) or self.min_length < 0:
+        if not is_int(self.min_length) or self.min_length < 0:
             raise ValueError(f"data.min_length must be a non-negative int, got {self.min_length!r}")
-        if self.max_length is not None and (not _is_int(self.max_length) or self.max_length < self.min_length):
+        if self.max_length is not None and (not is_int(self.max_length) or self.max_length < self.min_length):
             raise ValueError(f"data.max_length must be an int >= min_length, got {self.max_length!r}")
         w = self.synthetic_words
-        if not (isinstance(w, (list, tuple)) and len(w) == 2 and all(_is_int(x) and x > 0 for x in w) and w[0] <= w[1]):
+        if not (isinstance(w, (list, tuple)) and len(w) == 2 and all(is_int(x) and x > 0 for x in w) and w[0] <= w[1]):
             raise ValueError(f"data.synthetic_words must be [min, max] positive ints, got {w!r}")
 
 
@@ -243,14 +125,6 @@ class MemoryArgs:
             "auto: on with CUDA and gradient checkpointing; true: on; false: leave training.activation_offloading."
         },
     )
-    mlp_tile_tokens: int | None = field(
-        default=None,
-        metadata={
-            "help": "Run the MLP of sequences longer than this many tokens in tiles of this size, each recomputed "
-            "in the backward, so its intermediate activations never exist for the whole sequence; null = off "
-            "(the default: the extra MLP forward costs ~9% of a step, so turn it on only to fit a longer T)."
-        },
-    )
     expandable_segments: bool = field(
         default=True,
         metadata={"help": "PyTorch's expandable-segments CUDA allocator, against fragmentation at long sequences."},
@@ -261,9 +135,6 @@ class MemoryArgs:
             value = getattr(self, name)
             if not isinstance(value, bool) and value != "auto":
                 raise ValueError(f"memory.{name} must be true, false or auto, got {value!r}")
-        tile = self.mlp_tile_tokens
-        if tile is not None and (not _is_int(tile) or tile <= 0):
-            raise ValueError(f"memory.mlp_tile_tokens must be a positive int or null, got {tile!r}")
         if not isinstance(self.expandable_segments, bool):
             raise ValueError(f"memory.expandable_segments must be true or false, got {self.expandable_segments!r}")
 
@@ -288,25 +159,60 @@ class Recipe:
 # ------------------------------------------------------------------------------------------
 # Loading a recipe
 # ------------------------------------------------------------------------------------------
-RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
+PACKAGE_DIR = Path(__file__).resolve().parent
+# Recipes ship in the wheel as the package data `swaa_train/recipes/*.yaml`; in a source
+# checkout they are the top-level recipes/ folder.
+RECIPE_DIRS = (PACKAGE_DIR / "recipes", PACKAGE_DIR.parent / "recipes")
+
+
+def shipped_recipes() -> dict[str, Path]:
+    """Recipe name -> YAML file of the recipes that come with the package."""
+    found: dict[str, Path] = {}
+    for directory in RECIPE_DIRS:
+        for path in sorted(directory.glob("*.yaml")) if directory.is_dir() else []:
+            found.setdefault(path.stem, path)
+    return found
 
 
 def resolve_recipe_path(name_or_path: str) -> Path:
-    """A YAML path as given, else recipes/NAME.yaml of this project."""
+    """A YAML path as given, else ./recipes/NAME.yaml, else the shipped recipe NAME."""
     path = Path(name_or_path)
     if path.is_file():
         return path
-    for candidate in (Path("recipes") / f"{name_or_path}.yaml", RECIPES_DIR / f"{name_or_path}.yaml"):
-        if candidate.is_file():
-            return candidate
-    known = sorted(p.stem for p in RECIPES_DIR.glob("*.yaml")) if RECIPES_DIR.is_dir() else []
-    raise ValueError(f"recipe {name_or_path!r}: no such file and no recipes/{name_or_path}.yaml; known: {known}")
+    local = Path("recipes") / f"{name_or_path}.yaml"
+    if local.is_file():
+        return local
+    shipped = shipped_recipes()
+    if name_or_path in shipped:
+        return shipped[name_or_path]
+    raise ValueError(f"recipe {name_or_path!r}: no such file and no recipe of that name; known: {sorted(shipped)}")
+
+
+def resolve_packaged_path(path: str) -> str:
+    """`swaa_train/...` paths in a recipe (the demo's shipped model config) work from any directory."""
+    if path.startswith("swaa_train/") and not Path(path).exists():
+        packaged = PACKAGE_DIR / path.removeprefix("swaa_train/")
+        if packaged.exists():
+            return str(packaged)
+    return path
 
 
 class _Loader(yaml.SafeLoader):
-    """YAML's safe loader, with YAML 1.2 floats: `1e-4` is a number (YAML 1.1 wants `1.0e-4`)."""
+    """YAML 1.2 core-schema scalars on PyYAML's safe loader (which implements YAML 1.1).
+
+    Only true/false are booleans (YAML 1.1 also reads yes/no/on/off, so `save_strategy=no`
+    became False), `1e-4` is a float (1.1 wants `1.0e-4`), and dates stay strings.
+    """
 
 
+_DROPPED = {"tag:yaml.org,2002:bool", "tag:yaml.org,2002:timestamp"}
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag not in _DROPPED]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
 _Loader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
     re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
@@ -337,7 +243,7 @@ def _section(cls, raw: dict, name: str):
     values = raw.get(name) or {}
     if not isinstance(values, dict):
         raise ValueError(f"recipe section {name!r} must be a mapping, got {type(values).__name__}")
-    _reject_unknown(cls, values, f"recipe section {name!r}")
+    reject_unknown(cls, values, f"recipe section {name!r}")
     try:
         return cls(**values)
     except TypeError as err:  # a required field is missing
@@ -360,8 +266,12 @@ def build_recipe(raw: dict, name: str = "custom") -> Recipe:
         swaa = SWAAConfig.from_dict(raw.get("swaa") or {})
     except (TypeError, ValueError) as err:
         raise ValueError(f"recipe section 'swaa': {err}") from None
+    model = _section(ModelArgs, raw, "model")
+    model.name_or_path = resolve_packaged_path(model.name_or_path)
+    if model.tokenizer:
+        model.tokenizer = resolve_packaged_path(model.tokenizer)
     return Recipe(
-        model=_section(ModelArgs, raw, "model"),
+        model=model,
         swaa=swaa,
         lora=_section(LoraArgs, raw, "lora"),
         data=_section(DataArgs, raw, "data"),

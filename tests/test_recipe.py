@@ -7,7 +7,8 @@ import json
 import pytest
 import yaml
 
-from swaa_train.config import SWAAConfig, apply_overrides, build_recipe, load_recipe, resolve_recipe_path
+from swaa_train.recipe import apply_overrides, build_recipe, load_recipe, resolve_recipe_path
+from swaa_train.swaa_config import SWAAConfig
 
 
 def test_per_layer_resolution():
@@ -23,8 +24,12 @@ def test_json_round_trip(tmp_path):
     path = cfg.save(tmp_path)
     data = json.loads(path.read_text())
     # The SWAA reference code's field names, nothing else.
-    assert data == {"sliding_window_size": 2048, "keep_first": 100, "force_fa_decode": True,
-                    "non_sliding_layers": [1, 5]}
+    assert data == {
+        "sliding_window_size": 2048,
+        "keep_first": 100,
+        "force_fa_decode": True,
+        "non_sliding_layers": [1, 5],
+    }
     assert SWAAConfig.load(tmp_path) == cfg
 
 
@@ -104,8 +109,11 @@ def test_overrides():
     raw = apply_overrides(_raw(), ["training.max_steps=7", "swaa.non_sliding_layers=[0, 2]", "lora.r=8"])
     recipe = build_recipe(raw)
     assert recipe.training.max_steps == 7 and recipe.swaa.non_sliding_layers == [0, 2] and recipe.lora.r == 8
-    for bad, message in [("training.max_steps", "section.field=value"), ("max_steps=3", "section.field=value"),
-                         ("optim.lr=1", "unknown section 'optim'")]:
+    for bad, message in [
+        ("training.max_steps", "section.field=value"),
+        ("max_steps=3", "section.field=value"),
+        ("optim.lr=1", "unknown section 'optim'"),
+    ]:
         with pytest.raises(ValueError, match=message):
             apply_overrides(_raw(), [bad])
 
@@ -119,7 +127,11 @@ def test_shipped_recipes_parse(name):
     if name == "qwen3_swa2k":
         assert recipe.model.name_or_path == "Qwen/Qwen3-4B-Instruct-2507"
         assert recipe.swaa == SWAAConfig(2048, 100, True, list(range(1, 36, 4)))
-        assert recipe.lora.r == 16 and recipe.lora.use_rslora and recipe.lora.target_modules == ["q_proj", "k_proj", "v_proj"]
+        assert (
+            recipe.lora.r == 16
+            and recipe.lora.use_rslora
+            and recipe.lora.target_modules == ["q_proj", "k_proj", "v_proj"]
+        )
         assert recipe.training.learning_rate == 1e-4 and recipe.training.packing
 
 
@@ -136,3 +148,21 @@ def test_overrides_and_recipes_read_exponent_floats_as_numbers():
     raw = apply_overrides({}, ["training.learning_rate=1e-3", "training.weight_decay=2.5E+1", "model.name_or_path=1e"])
     assert raw["training"] == {"learning_rate": 1e-3, "weight_decay": 25.0}
     assert raw["model"]["name_or_path"] == "1e"
+
+
+def test_yaml_12_scalars_keep_words_as_strings():
+    from swaa_train.recipe import load_yaml
+
+    assert load_yaml("a: no\nb: off\nc: yes\nd: on\ne: true\nf: False\ng: 2026-12-01\nh: 1e-4") == {
+        "a": "no",
+        "b": "off",
+        "c": "yes",
+        "d": "on",
+        "e": True,
+        "f": False,
+        "g": "2026-12-01",
+        "h": 1e-4,
+    }
+    # What broke before: `no` read as a boolean ("False is not a valid SaveStrategy").
+    recipe = build_recipe(apply_overrides(_raw(), ["training.save_strategy=no", "training.eval_strategy=no"]))
+    assert recipe.training.save_strategy == "no" and recipe.training.eval_strategy == "no"

@@ -1,4 +1,4 @@
-"""Data of the adaptation experiment (scripts/repro/): long-context retrieval questions with
+"""Data of the adaptation experiment (experiments/adaptation/): long-context retrieval questions with
 one or two hops, in the fusang_long schema, and plain language-model text.
 
 A prompt is filler (synthetic.py's passage builder) with facts planted at random depths and
@@ -26,10 +26,19 @@ import random
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from .synthetic import ATTRIBUTES, Fact, build_passage, random_facts, render_prompt, split_entities, words_before, write_parquet
+from swaa_train.synthetic import (
+    ATTRIBUTES,
+    Fact,
+    build_passage,
+    render_prompt,
+    split_entities,
+    words_before,
+    write_parquet,
+)
+
 
 def show_progress() -> None:
-    """For the scripts/repro/ commands: log this package's progress (INFO), others' warnings."""
+    """For the experiments/adaptation/ commands: log this package's progress (INFO), others' warnings."""
     logging.basicConfig(format="[%(asctime)s] %(name)s: %(message)s", level=logging.WARNING)
     logging.getLogger("swaa_train").setLevel(logging.INFO)
 
@@ -71,7 +80,13 @@ def _distractors(rng: random.Random, entities: list[str], count: int) -> list[Fa
 
 
 def make_question_row(
-    rng: random.Random, split: str, *, hops: int, num_words: int, min_depth: float, max_depth: float,
+    rng: random.Random,
+    split: str,
+    *,
+    hops: int,
+    num_words: int,
+    min_depth: float,
+    max_depth: float,
     num_distractors: int,
 ) -> dict:
     """One row with a `hops`-hop question (1 or 2); its facts sit at depths in [min_depth, max_depth]."""
@@ -104,8 +119,16 @@ def make_question_row(
 
 
 def make_question_rows(
-    num_rows: int, *, seed: int = 0, split: str = "train", min_tokens: int = 2048, max_tokens: int = 16384,
-    two_hop_fraction: float = 0.5, min_depth: float = 0.0, max_depth: float = 0.75, num_distractors: int = 4,
+    num_rows: int,
+    *,
+    seed: int = 0,
+    split: str = "train",
+    min_tokens: int = 2048,
+    max_tokens: int = 16384,
+    two_hop_fraction: float = 0.5,
+    min_depth: float = 0.0,
+    max_depth: float = 0.75,
+    num_distractors: int = 4,
 ) -> list[dict]:
     """`num_rows` rows of single- and two-hop questions over prompts of `min_tokens`..`max_tokens` tokens.
 
@@ -121,8 +144,12 @@ def make_question_rows(
     rng = random.Random(f"swaa-repro-qa/{split}/{seed}")
     return [
         make_question_row(
-            rng, split, hops=2 if rng.random() < two_hop_fraction else 1,
-            num_words=_num_words(rng, min_tokens, max_tokens), min_depth=min_depth, max_depth=max_depth,
+            rng,
+            split,
+            hops=2 if rng.random() < two_hop_fraction else 1,
+            num_words=_num_words(rng, min_tokens, max_tokens),
+            min_depth=min_depth,
+            max_depth=max_depth,
             num_distractors=num_distractors,
         )
         for _ in range(num_rows)
@@ -130,8 +157,14 @@ def make_question_rows(
 
 
 def make_lm_texts(
-    num_docs: int, *, seed: int = 0, split: str = "train", min_tokens: int = 256, max_tokens: int = 16384,
-    num_facts: int = 6, repeat_fraction: float = 0.3,
+    num_docs: int,
+    *,
+    seed: int = 0,
+    split: str = "train",
+    min_tokens: int = 256,
+    max_tokens: int = 16384,
+    num_facts: int = 6,
+    repeat_fraction: float = 0.3,
 ) -> list[dict]:
     """`num_docs` language-model documents: {"text": a passage with facts, then the facts restated
     in another order, "recall_from": the character offset where the restatement starts}.
@@ -154,8 +187,9 @@ def make_lm_texts(
     return docs
 
 
-def make_drill_texts(num_docs: int, *, seed: int = 0, split: str = "train", min_facts: int = 1, max_facts: int = 8,
-                     **_ignored) -> list[dict]:
+def make_drill_texts(
+    num_docs: int, *, seed: int = 0, split: str = "train", min_facts: int = 1, max_facts: int = 8, **_ignored
+) -> list[dict]:
     """`num_docs` look-up drills: facts with no filler, then all of them restated in another order
     after RECALL_HEADER (`recall_from` as in make_lm_texts). Every restated value is one look-up
     in a short context, so the copy circuit is learnt here first (measured on CPU, docs/adaptation.md)."""
@@ -165,12 +199,18 @@ def make_drill_texts(num_docs: int, *, seed: int = 0, split: str = "train", min_
         count = rng.randint(min_facts, max_facts)
         facts = _distractors(rng, _entities(rng, split, 2 * count), count)
         text = " ".join(f.sentence() for f in facts) + f"\n\n{RECALL_HEADER}"
-        docs.append({"text": text + " " + " ".join(f.sentence() for f in rng.sample(facts, len(facts))),
-                     "recall_from": len(text)})
+        docs.append(
+            {
+                "text": text + " " + " ".join(f.sentence() for f in rng.sample(facts, len(facts))),
+                "recall_from": len(text),
+            }
+        )
     return docs
 
 
-def copy_document(rng: random.Random, vocab: list[int], min_length: int, max_length: int) -> tuple[list[int], list[int]]:
+def copy_document(
+    rng: random.Random, vocab: list[int], min_length: int, max_length: int
+) -> tuple[list[int], list[int]]:
     """(input_ids, answer mask) of one copy document for the induction warm-up of pretraining:
     a random sequence of `min_length`..`max_length` tokens from `vocab`, then the same sequence
     again; the second copy is the answer. Random tokens leave no n-gram shortcut: the model must
@@ -232,8 +272,13 @@ DATASETS = {
 
 
 def write_repro_data(
-    out_dir: str | Path, counts: dict[str, int], *, min_tokens: int = 2048, max_tokens: int = 16384,
-    short_tokens: tuple[int, int] = (64, 256), workers: int | None = None,
+    out_dir: str | Path,
+    counts: dict[str, int],
+    *,
+    min_tokens: int = 2048,
+    max_tokens: int = 16384,
+    short_tokens: tuple[int, int] = (64, 256),
+    workers: int | None = None,
 ) -> dict[str, Path]:
     """Write out_dir/NAME.parquet with `counts[NAME]` rows for each NAME of DATASETS.
 

@@ -1,0 +1,1 @@
+"""Benchmark scripts that print the tables of BENCHMARKS.md (not installed with the package)."""
