@@ -1,24 +1,31 @@
 """swaa_attn's Triton kernel against its PyTorch reference (naive.py): outputs and dq, dk, dv.
 
-Without CUDA the kernel runs on CPU tensors under the Triton interpreter, which this module
-switches on for its own tests only (other modules keep the reference path); shapes stay
-small. With CUDA the same grid runs compiled, bf16 included, and the tests marked gpu run
-at real sizes. Every kernel output is allocated NaN-filled, so an element the kernel never
-writes fails the comparison.
+Without CUDA the kernel runs on CPU tensors under the Triton interpreter (tests/conftest.py
+switches it on before triton is imported) and the tests call `swaa_attn.ops` directly, since
+`swaa_attn_varlen_func` sends CPU tensors to the reference; shapes stay small. With CUDA the
+same grid runs compiled, bf16 included, and the tests marked gpu run at real sizes. Every
+kernel output is allocated NaN-filled, so an element the kernel never writes fails the
+comparison.
 """
 
 from __future__ import annotations
 
-import importlib
 import math
-import sys
 
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from swaa_attn import swaa_attn_varlen_func, swaa_attn_varlen_ref
+from swaa_attn import (
+    full_causal_varlen,
+    swaa_attn_varlen_func,
+    swaa_attn_varlen_ref,
+    visible,
+    visible_pairs,
+    visible_pairs_varlen,
+)
+from swaa_attn.ops import KernelConfig, swaa_attn_varlen_triton
 
 HAS_CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if HAS_CUDA else "cpu"
@@ -26,25 +33,6 @@ DEVICE = "cuda" if HAS_CUDA else "cpu"
 DTYPES = (torch.float32, torch.float16) + ((torch.bfloat16,) if HAS_CUDA else ())
 # Relative error bounds: on the norm of the difference, and on its largest element.
 TOLERANCE = {torch.float32: 1e-4, torch.float16: 4e-3, torch.bfloat16: 3e-2}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def triton_backend():
-    """Interpreter for this module's tests when there is no GPU; the kernel module is
-    (re)imported under that setting, since Triton reads it when kernels are defined."""
-    patch = pytest.MonkeyPatch()
-    if not HAS_CUDA:
-        patch.setenv("TRITON_INTERPRET", "1")
-        if "swaa_attn.ops" in sys.modules:
-            importlib.reload(sys.modules["swaa_attn.ops"])
-    yield
-    patch.undo()
-
-
-@pytest.fixture(autouse=True)
-def triton_for_full_layers(monkeypatch):
-    """Full-attention calls (window None) go to SDPA on CUDA by default; these tests are about the kernel."""
-    monkeypatch.setenv("SWAA_ATTN_FULL_BACKEND", "triton")
 
 
 @pytest.fixture(autouse=True)
@@ -60,12 +48,25 @@ def nan_poisoned_outputs(monkeypatch):
 
 
 def _cu(lens):
-    return torch.tensor([0, *torch.tensor(lens, dtype=torch.long).cumsum(0).tolist()], dtype=torch.int32,
-                        device=DEVICE)
+    return torch.tensor([0, *torch.tensor(lens, dtype=torch.long).cumsum(0).tolist()], dtype=torch.int32, device=DEVICE)
 
 
-def run_and_compare(lens_q, lens_k, *, hq=2, hkv=1, head_dim=64, dtype=torch.float32, window=None,
-                    keep_first=0, full_from=None, softmax_scale=None, seed=0, config=None, tol=None):
+def run_and_compare(
+    lens_q,
+    lens_k,
+    *,
+    hq=2,
+    hkv=1,
+    head_dim=64,
+    dtype=torch.float32,
+    window=None,
+    keep_first=0,
+    full_from=None,
+    softmax_scale=None,
+    seed=0,
+    config=None,
+    tol=None,
+):
     """Kernel vs reference on random inputs: output and the three gradients."""
     gen = torch.Generator().manual_seed(seed)
 
@@ -80,12 +81,7 @@ def run_and_compare(lens_q, lens_k, *, hq=2, hkv=1, head_dim=64, dtype=torch.flo
     kwargs = dict(window=window, keep_first=keep_first, full_from=ff, softmax_scale=softmax_scale)
 
     inputs = [t.clone().requires_grad_() for t in (q, k, v)]
-    if config is None:
-        out = swaa_attn_varlen_func(*inputs, *args, **kwargs)
-    else:
-        from swaa_attn.ops import swaa_attn_varlen_triton
-
-        out = swaa_attn_varlen_triton(*inputs, *args, **kwargs, config=config)
+    out = swaa_attn_varlen_triton(*inputs, *args, **kwargs, config=config)
     grads = torch.autograd.grad(out, inputs, dout)
 
     # The reference computes in fp32 from the same (rounded) inputs.
@@ -122,26 +118,32 @@ def test_window_and_sinks(window, keep_first):
 PACK = [37, 1, 100, 1, 64]
 
 
-@pytest.mark.parametrize("full_from", [
-    None,
-    [0] * len(PACK),
-    [20, 0, 50, 1, 33],
-    [1000, 5, 200, 1, 64],
-    [37, 1, 99, 0, 70],
-])
+@pytest.mark.parametrize(
+    "full_from",
+    [
+        None,
+        [0] * len(PACK),
+        [20, 0, 50, 1, 33],
+        [1000, 5, 200, 1, 64],
+        [37, 1, 99, 0, 70],
+    ],
+)
 @pytest.mark.parametrize("window,keep_first", [(16, 3), (5, 40)])
 def test_pack_full_from(full_from, window, keep_first):
     run_and_compare(PACK, PACK, window=window, keep_first=keep_first, full_from=full_from)
 
 
 # Fewer queries than keys (decoding, chunked prefill), bottom-right aligned; 0-query sequences.
-@pytest.mark.parametrize("lens_q,lens_k,full_from", [
-    ([1], [80], None),
-    ([1], [80], [79]),
-    ([17, 0, 40], [120, 30, 41], None),
-    ([17, 0, 40], [120, 30, 41], [110, 3, 20]),
-    ([64, 3], [64, 97], [10, 95]),
-])
+@pytest.mark.parametrize(
+    "lens_q,lens_k,full_from",
+    [
+        ([1], [80], None),
+        ([1], [80], [79]),
+        ([17, 0, 40], [120, 30, 41], None),
+        ([17, 0, 40], [120, 30, 41], [110, 3, 20]),
+        ([64, 3], [64, 97], [10, 95]),
+    ],
+)
 def test_fewer_queries_than_keys(lens_q, lens_k, full_from):
     run_and_compare(lens_q, lens_k, window=20, keep_first=5, full_from=full_from)
 
@@ -149,8 +151,9 @@ def test_fewer_queries_than_keys(lens_q, lens_k, full_from):
 @pytest.mark.parametrize("group", [1, 4, 8])
 @pytest.mark.parametrize("head_dim", [64, 128])
 def test_gqa_and_head_dim(group, head_dim):
-    run_and_compare([70, 45], [70, 45], hq=group, hkv=1, head_dim=head_dim, window=24, keep_first=3,
-                    full_from=[50, 100], seed=group)
+    run_and_compare(
+        [70, 45], [70, 45], hq=group, hkv=1, head_dim=head_dim, window=24, keep_first=3, full_from=[50, 100], seed=group
+    )
 
 
 @pytest.mark.parametrize("head_dim", [16, 48, 80])
@@ -169,22 +172,24 @@ def test_softmax_scale_and_strided_inputs():
     gen = torch.Generator().manual_seed(1)
     q, k, v = (torch.randn(2, 50, 64, generator=gen).to(DEVICE).transpose(0, 1) for _ in range(3))
     cu = _cu([50])
-    got = swaa_attn_varlen_func(q, k, v, cu, cu, 50, 50, window=9, keep_first=2)
+    got = swaa_attn_varlen_triton(q, k, v, cu, cu, 50, 50, window=9, keep_first=2)
     want = swaa_attn_varlen_ref(q.contiguous(), k.contiguous(), v.contiguous(), cu, cu, 50, 50, window=9, keep_first=2)
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("block_m,block_n,block_m1,block_n1,block_m2,block_n2", [
-    (16, 16, 16, 16, 16, 16),
-    (16, 64, 64, 16, 16, 32),
-    (64, 16, 16, 32, 32, 16),
-])
+@pytest.mark.parametrize(
+    "block_m,block_n,block_m1,block_n1,block_m2,block_n2",
+    [
+        (16, 16, 16, 16, 16, 16),
+        (16, 64, 64, 16, 16, 32),
+        (64, 16, 16, 32, 32, 16),
+    ],
+)
 def test_tile_shapes(block_m, block_n, block_m1, block_n1, block_m2, block_n2):
     """The tile-skipping arithmetic must hold for any ratio of query to key tiles."""
-    from swaa_attn.ops import KernelConfig
-
-    cfg = KernelConfig(block_m=block_m, block_n=block_n, block_m1=block_m1, block_n1=block_n1,
-                       block_m2=block_m2, block_n2=block_n2)
+    cfg = KernelConfig(
+        block_m=block_m, block_n=block_n, block_m1=block_m1, block_n1=block_n1, block_m2=block_m2, block_n2=block_n2
+    )
     run_and_compare([100, 1, 50], [130, 1, 50], window=13, keep_first=21, full_from=[90, 0, 25], config=cfg)
 
 
@@ -196,124 +201,219 @@ def test_random_configs(data):
     lens_q = [data.draw(st.integers(0, lk), label="len_q") for lk in lens_k]
     window = data.draw(st.one_of(st.none(), st.integers(1, 100)), label="window")
     keep_first = data.draw(st.integers(0, 40), label="keep_first")
-    full_from = data.draw(st.one_of(st.none(), st.lists(st.integers(-5, 110), min_size=n_seq, max_size=n_seq)),
-                          label="full_from")
+    full_from = data.draw(
+        st.one_of(st.none(), st.lists(st.integers(-5, 110), min_size=n_seq, max_size=n_seq)), label="full_from"
+    )
     group = data.draw(st.sampled_from([1, 2, 4]), label="group")
     if sum(lens_q) == 0:
         lens_q[0] = 1
-    run_and_compare(lens_q, lens_k, hq=group, hkv=1, window=window, keep_first=keep_first, full_from=full_from,
-                    seed=data.draw(st.integers(0, 1000), label="seed"))
+    run_and_compare(
+        lens_q,
+        lens_k,
+        hq=group,
+        hkv=1,
+        window=window,
+        keep_first=keep_first,
+        full_from=full_from,
+        seed=data.draw(st.integers(0, 1000), label="seed"),
+    )
 
 
 def _valid_args(**override):
     gen = torch.Generator().manual_seed(0)
     args = dict(
-        q=torch.randn(10, 4, 64, generator=gen), k=torch.randn(10, 2, 64, generator=gen),
-        v=torch.randn(10, 2, 64, generator=gen), cu_seqlens_q=torch.tensor([0, 4, 10], dtype=torch.int32),
-        cu_seqlens_k=torch.tensor([0, 4, 10], dtype=torch.int32), max_seqlen_q=6, max_seqlen_k=6,
-        window=3, keep_first=1, full_from=torch.tensor([2, 3], dtype=torch.int32),
+        q=torch.randn(10, 4, 64, generator=gen),
+        k=torch.randn(10, 2, 64, generator=gen),
+        v=torch.randn(10, 2, 64, generator=gen),
+        cu_seqlens_q=torch.tensor([0, 4, 10], dtype=torch.int32),
+        cu_seqlens_k=torch.tensor([0, 4, 10], dtype=torch.int32),
+        max_seqlen_q=6,
+        max_seqlen_k=6,
+        window=3,
+        keep_first=1,
+        full_from=torch.tensor([2, 3], dtype=torch.int32),
     )
     args.update(override)
     return {name: t.to(DEVICE) if isinstance(t, torch.Tensor) else t for name, t in args.items()}
 
 
-@pytest.mark.parametrize("override,match", [
-    (dict(q=torch.randn(10, 4, 32)), "head_dim"),
-    (dict(k=torch.randn(10, 3, 64), v=torch.randn(10, 3, 64)), "multiple of k heads"),
-    (dict(v=torch.randn(10, 2, 32)), "k and v"),
-    (dict(q=torch.randn(10, 4, 64).half()), "dtype"),
-    (dict(q=torch.randn(10, 4, 64).double()), "q has dtype"),
-    (dict(q=torch.randn(10, 4)), "q must be"),
-    (dict(cu_seqlens_q=torch.tensor([0, 4, 10])), "cu_seqlens_q"),
-    (dict(cu_seqlens_k=torch.tensor([1, 4, 10], dtype=torch.int32)), "cu_seqlens_k must start at 0"),
-    (dict(cu_seqlens_q=torch.tensor([0, 6, 4, 10], dtype=torch.int32),
-          cu_seqlens_k=torch.tensor([0, 6, 4, 10], dtype=torch.int32), full_from=None), "non-decreasing"),
-    (dict(cu_seqlens_k=torch.tensor([0, 4, 9], dtype=torch.int32)), r"cu_seqlens_k\[-1\]"),
-    (dict(cu_seqlens_k=torch.tensor([0, 10], dtype=torch.int32)), "same number of sequences"),
-    (dict(max_seqlen_q=5), "max_seqlen_q"),
-    (dict(max_seqlen_k=5), "max_seqlen_k"),
-    (dict(window=0), "window"),
-    (dict(window=-3), "window"),
-    (dict(keep_first=-1), "keep_first"),
-    (dict(full_from=torch.tensor([2], dtype=torch.int32)), "full_from"),
-    (dict(full_from=torch.tensor([2.0, 3.0])), "full_from"),
-    (dict(q=torch.randn(10, 4, 320), k=torch.randn(10, 2, 320), v=torch.randn(10, 2, 320)), "head_dim = 320"),
-])
-def test_bad_inputs_name_the_argument(override, match):
-    args = _valid_args(**override)
+def _call(entry, args):
+    args = dict(args)
     q, k, v = args.pop("q"), args.pop("k"), args.pop("v")
     positional = [args.pop(n) for n in ("cu_seqlens_q", "cu_seqlens_k", "max_seqlen_q", "max_seqlen_k")]
+    return entry(q, k, v, *positional, **args)
+
+
+def _kernel_checked(*args, **kwargs):
+    return swaa_attn_varlen_triton(*args, **kwargs, check_values=True)
+
+
+# The public function (the reference on CPU) and the kernel with its value checks on.
+ENTRIES = {"func": swaa_attn_varlen_func, "kernel": _kernel_checked}
+
+
+@pytest.mark.parametrize(
+    "override,match",
+    [
+        (dict(q=torch.randn(10, 4, 32)), "head_dim"),
+        (dict(k=torch.randn(10, 3, 64), v=torch.randn(10, 3, 64)), "multiple of k heads"),
+        (dict(v=torch.randn(10, 2, 32)), "k and v"),
+        (dict(q=torch.randn(10, 4, 64).half()), "dtype"),
+        (dict(q=torch.randn(10, 4, 64).double()), "q has dtype"),
+        (dict(q=torch.randn(10, 4)), "q must be"),
+        (dict(cu_seqlens_q=torch.tensor([0, 4, 10])), "cu_seqlens_q"),
+        (dict(cu_seqlens_k=torch.tensor([1, 4, 10], dtype=torch.int32)), "cu_seqlens_k must start at 0"),
+        (
+            dict(
+                cu_seqlens_q=torch.tensor([0, 6, 4, 10], dtype=torch.int32),
+                cu_seqlens_k=torch.tensor([0, 6, 4, 10], dtype=torch.int32),
+                full_from=None,
+            ),
+            "non-decreasing",
+        ),
+        (dict(cu_seqlens_k=torch.tensor([0, 4, 9], dtype=torch.int32)), r"cu_seqlens_k\[-1\]"),
+        (dict(cu_seqlens_k=torch.tensor([0, 10], dtype=torch.int32)), "same number of sequences"),
+        (dict(max_seqlen_q=5), "max_seqlen_q"),
+        (dict(max_seqlen_k=5), "max_seqlen_k"),
+        (dict(window=0), "window"),
+        (dict(window=-3), "window"),
+        (dict(keep_first=-1), "keep_first"),
+        (dict(full_from=torch.tensor([2], dtype=torch.int32)), "full_from"),
+        (dict(full_from=torch.tensor([2.0, 3.0])), "full_from"),
+        (dict(q=torch.randn(10, 4, 320), k=torch.randn(10, 2, 320), v=torch.randn(10, 2, 320)), "head_dim = 320"),
+    ],
+)
+@pytest.mark.parametrize("entry", sorted(ENTRIES))
+def test_bad_inputs_name_the_argument(entry, override, match):
+    if entry == "func" and not HAS_CUDA and match == "head_dim = 320":
+        pytest.skip("the reference takes any head dim; only the kernel limits it")
     with pytest.raises(ValueError, match=match):
-        swaa_attn_varlen_func(q, k, v, *positional, **args)
+        _call(ENTRIES[entry], _valid_args(**override))
 
 
-def test_queries_beyond_keys_rejected():
+@pytest.mark.parametrize("entry", sorted(ENTRIES))
+def test_queries_beyond_keys_rejected(entry):
     args = _valid_args(cu_seqlens_k=torch.tensor([0, 2, 10], dtype=torch.int32), max_seqlen_k=8)
-    q, k, v = args.pop("q"), args.pop("k"), args.pop("v")
-    positional = [args.pop(n) for n in ("cu_seqlens_q", "cu_seqlens_k", "max_seqlen_q", "max_seqlen_k")]
     with pytest.raises(ValueError, match="cu_seqlens_q: sequence 0"):
-        swaa_attn_varlen_func(q, k, v, *positional, **args)
+        _call(ENTRIES[entry], args)
+
+
+def test_public_function_matches_the_kernel():
+    """swaa_attn_varlen_func: the kernel on CUDA, the reference on CPU; either way the same function."""
+    args = _valid_args()
+    torch.testing.assert_close(
+        _call(swaa_attn_varlen_func, args), _call(swaa_attn_varlen_triton, args), rtol=1e-4, atol=1e-5
+    )
 
 
 # ---------------------------------------------------------------------------------------------
-# Full-attention layers through SDPA (swaa_attn.dense)
+# 64-bit offsets
 # ---------------------------------------------------------------------------------------------
 
-@pytest.fixture
-def sdpa_calls(monkeypatch):
-    """Counts the calls that take the SDPA route."""
-    from swaa_attn import dense
 
-    calls, real = [], dense.full_causal_varlen
-    monkeypatch.setattr(dense, "full_causal_varlen", lambda *a, **kw: calls.append(a[3].tolist()) or real(*a, **kw))
-    return calls
+def _far_apart(tokens, widths, dtype):
+    """Tensors (tokens, heads, dim) whose rows lie 2**31 / 32 elements apart in one buffer, so that
+    rows from 32 on start past element 2**31 of their tensor. The buffer is mapped lazily (only the
+    pages the rows touch cost memory) and begins 2**31 elements before the views, so an offset
+    that wraps to a negative int32 still lands inside it instead of faulting."""
+    row = 2**31 // 32 + 64
+    skip = 2**31
+    buffer = torch.empty(skip + tokens * row, dtype=torch.int16, device=DEVICE).view(dtype)  # not NaN-filled
+    views, start = [], skip
+    for heads, dim in widths:
+        view = buffer.as_strided((tokens, heads, dim), (row, dim, 1), start)
+        view.copy_(torch.randn(tokens, heads, dim).to(dtype))
+        views.append(view)
+        start += heads * dim
+    return views
+
+
+def test_offsets_past_2_to_the_31_elements():
+    """The kernel on rows past element 2**31 of q, k, v and dout gives what it gives on the same data
+    contiguous, which matches the reference (int32 offsets wrap there: max |dk| error 2.2)."""
+    tokens, hq, hkv, dim = 48, 2, 1, 16
+    torch.manual_seed(0)
+    q, k, v, dout = _far_apart(tokens, [(hq, dim), (hkv, dim), (hkv, dim), (hq, dim)], torch.float16)
+    assert (tokens - 1) * q.stride(0) > 2**31
+    cu = _cu([tokens])
+    kwargs = dict(window=12, keep_first=3, full_from=torch.tensor([40], dtype=torch.int32, device=DEVICE))
+
+    def run(q, k, v, dout):
+        inputs = [t.detach().requires_grad_() for t in (q, k, v)]
+        out = swaa_attn_varlen_triton(*inputs, cu, cu, tokens, tokens, **kwargs)
+        return (out, *torch.autograd.grad(out, inputs, dout))
+
+    far = run(q, k, v, dout)
+    near = run(*(t.contiguous() for t in (q, k, v, dout)))
+    for name, got, want in zip(("out", "dq", "dk", "dv"), far, near):
+        assert torch.equal(got, want), f"{name}: max error {(got.float() - want.float()).abs().max().item():.3g}"
+    ref_inputs = [t.float().contiguous().requires_grad_() for t in (q, k, v)]
+    ref = swaa_attn_varlen_ref(*ref_inputs, cu, cu, tokens, tokens, **kwargs)
+    want = (ref, *torch.autograd.grad(ref, ref_inputs, dout.float()))
+    for name, got, w in zip(("out", "dq", "dk", "dv"), far, want):
+        assert (got.float() - w).norm() <= TOLERANCE[torch.float16] * w.norm(), name
+
+
+# ---------------------------------------------------------------------------------------------
+# Visible pairs in closed form
+# ---------------------------------------------------------------------------------------------
+
+
+def _count_visible(q_len, k_len, window, keep_first, full_from):
+    i = torch.arange(k_len - q_len, k_len)
+    limit = math.inf if full_from is None else full_from
+    return int(visible(i, torch.arange(k_len), window=window, keep_first=keep_first, full_from=limit).sum())
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    k_len=st.integers(0, 70),
+    q_frac=st.floats(0, 1),
+    window=st.one_of(st.none(), st.integers(1, 80)),
+    keep_first=st.integers(0, 80),
+    full_from=st.one_of(st.none(), st.integers(-5, 80)),
+)
+def test_visible_pairs_closed_form(k_len, q_frac, window, keep_first, full_from):
+    q_len = round(q_frac * k_len)
+    got = visible_pairs(q_len, k_len, window=window, keep_first=keep_first, full_from=full_from)
+    assert got == _count_visible(q_len, k_len, window, keep_first, full_from)
+
+
+def test_visible_pairs_of_a_pack():
+    lens_q, lens_k, full_from = [3, 0, 40], [10, 5, 40], [8, 1, 30]
+    want = sum(_count_visible(lq, lk, 6, 2, ff) for lq, lk, ff in zip(lens_q, lens_k, full_from))
+    got = visible_pairs_varlen(_cu(lens_q), _cu(lens_k), window=6, keep_first=2, full_from=torch.tensor(full_from))
+    assert got == want
+    # Large sizes stay exact integers: full causal 128k is n (n + 1) / 2 pairs.
+    assert visible_pairs(2**17, 2**17) == 2**17 * (2**17 + 1) // 2
+
+
+def test_visible_pairs_rejects_more_queries_than_keys():
+    with pytest.raises(ValueError, match="q_len"):
+        visible_pairs(5, 4)
+
+
+# ---------------------------------------------------------------------------------------------
+# Full causal attention through SDPA (swaa_attn.dense), for layers without a window
+# ---------------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("lens, hkv", [([40], 1), ([40], 2), ([16, 16, 16], 4)])
-@pytest.mark.parametrize("repeat_kv", [False, True])
-def test_full_layers_through_sdpa(monkeypatch, sdpa_calls, dtype, lens, hkv, repeat_kv):
-    monkeypatch.setenv("SWAA_ATTN_FULL_BACKEND", "sdpa")
-    monkeypatch.setattr("swaa_attn.dense.REPEAT_KV", repeat_kv)
-    run_and_compare(lens, lens, hq=4, hkv=hkv, head_dim=32, dtype=dtype, softmax_scale=0.2)
-    assert sdpa_calls == [_cu(lens).tolist()]
-
-
-@pytest.mark.parametrize("lens", [[13, 5, 22], [7, 0, 9], [0, 0]])
-def test_sdpa_full_causal_of_uneven_packs(lens):
-    """The per-sequence path of swaa_attn.dense (the training benchmark's full-attention baseline)."""
-    from swaa_attn.dense import full_causal_varlen
-
+@pytest.mark.parametrize("lens, hkv", [([40], 1), ([40], 2), ([16, 16, 16], 4), ([13, 5, 22], 2), ([7, 0, 9], 1)])
+def test_full_causal_varlen(dtype, lens, hkv):
+    """One batched SDPA call for sequences of one length, one call each otherwise; GQA through enable_gqa."""
     g = torch.Generator().manual_seed(1)
-    q, k, v = (torch.randn(sum(lens), h, 16, generator=g) for h in (4, 2, 2))
-    got = full_causal_varlen(q, k, v, _cu(lens).cpu(), 0.3)
-    torch.testing.assert_close(got, swaa_attn_varlen_ref(q, k, v, _cu(lens).cpu(), _cu(lens).cpu(), max(lens),
-                                                         max(lens), softmax_scale=0.3), atol=1e-5, rtol=1e-5)
+    q, k, v = (torch.randn(sum(lens), h, 32, generator=g).to(DEVICE, dtype) for h in (4, hkv, hkv))
+    cu = _cu(lens)
+    got = full_causal_varlen(q, k, v, cu, 0.2)
+    want = swaa_attn_varlen_ref(q.float(), k.float(), v.float(), cu, cu, max(lens), max(lens), softmax_scale=0.2)
+    assert got.dtype == dtype and got.shape == q.shape
+    torch.testing.assert_close(got.float(), want, atol=4 * TOLERANCE[dtype], rtol=4 * TOLERANCE[dtype])
 
 
-@pytest.mark.parametrize("backend, call, routed", [
-    ("sdpa", dict(), True),
-    ("sdpa", dict(window=8), False),  # a sliding-window layer
-    ("sdpa", dict(lens_q=[10, 20], lens_k=[20, 20]), False),  # fewer queries than keys (decoding with a cache)
-    ("sdpa", dict(lens_q=[3, 5], lens_k=[3, 5]), False),  # uneven pack: one launch per sequence is slower
-    ("sdpa", dict(lens_q=[6] * 17, lens_k=[6] * 17), True),  # sequences of one length: one batched call
-    ("triton", dict(), False),
-    ("auto", dict(), HAS_CUDA),
-])
-def test_which_calls_take_the_sdpa_route(monkeypatch, sdpa_calls, backend, call, routed):
-    monkeypatch.setenv("SWAA_ATTN_FULL_BACKEND", backend)
-    lens_q, lens_k = call.get("lens_q", [20, 20]), call.get("lens_k", [20, 20])
-    q = torch.randn(sum(lens_q), 2, 16, device=DEVICE)
-    k = v = torch.randn(sum(lens_k), 2, 16, device=DEVICE)
-    swaa_attn_varlen_func(q, k, v, _cu(lens_q), _cu(lens_k), max(lens_q), max(lens_k), window=call.get("window"))
-    assert bool(sdpa_calls) == routed
-
-
-def test_full_backend_setting_is_checked(monkeypatch):
-    monkeypatch.setenv("SWAA_ATTN_FULL_BACKEND", "cudnn")
-    q = torch.randn(4, 1, 16, device=DEVICE)
-    with pytest.raises(ValueError, match="SWAA_ATTN_FULL_BACKEND"):
-        swaa_attn_varlen_func(q, q, q, _cu([4]), _cu([4]), 4, 4)
+def test_full_causal_varlen_of_an_empty_pack():
+    q = torch.randn(0, 2, 16, device=DEVICE)
+    assert full_causal_varlen(q, q, q, _cu([0, 0])).shape == (0, 2, 16)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -325,31 +425,76 @@ gpu = pytest.mark.skipif(not HAS_CUDA, reason="needs CUDA")
 
 @pytest.mark.gpu
 @gpu
-@pytest.mark.parametrize("case", [
-    # one 32k sequence, SWAA training settings: window 2048, 100 sinks, last 1024 tokens FA decode
-    dict(lens_q=[32768], lens_k=[32768], hq=8, hkv=2, head_dim=128, dtype=torch.bfloat16, window=2048,
-         keep_first=100, full_from=[32768 - 1024]),
-    # pack of 8 x 4k documents, each with its own FA-decode region
-    dict(lens_q=[4096] * 8, lens_k=[4096] * 8, hq=8, hkv=2, head_dim=128, dtype=torch.bfloat16, window=2048,
-         keep_first=100, full_from=[3072, 0, 4096, 2000, 3072, 17, 5000, 3072]),
-    # uneven pack, head dim 64, fp16, GQA 4
-    dict(lens_q=[9000, 1, 3000, 777, 5000], lens_k=[9000, 1, 3000, 777, 5000], hq=8, hkv=2, head_dim=64,
-         dtype=torch.float16, window=1000, keep_first=37, full_from=[8000, 0, 2999, 100, 10000]),
-    # chunked prefill: 4k queries against 16k keys, GQA 8
-    dict(lens_q=[4096, 512], lens_k=[16384, 2048], hq=8, hkv=1, head_dim=128, dtype=torch.bfloat16, window=4096,
-         keep_first=64, full_from=[15000, 1024]),
-    # full attention (window None) at 16k, fp32 exact products
-    dict(lens_q=[16384], lens_k=[16384], hq=2, hkv=1, head_dim=64, dtype=torch.float32, window=None),
-], ids=["32k", "8x4k", "uneven-d64-fp16", "chunked-prefill", "full-16k-fp32"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        # one 32k sequence, SWAA training settings: window 2048, 100 sinks, last 1024 tokens FA decode
+        dict(
+            lens_q=[32768],
+            lens_k=[32768],
+            hq=8,
+            hkv=2,
+            head_dim=128,
+            dtype=torch.bfloat16,
+            window=2048,
+            keep_first=100,
+            full_from=[32768 - 1024],
+        ),
+        # pack of 8 x 4k documents, each with its own FA-decode region
+        dict(
+            lens_q=[4096] * 8,
+            lens_k=[4096] * 8,
+            hq=8,
+            hkv=2,
+            head_dim=128,
+            dtype=torch.bfloat16,
+            window=2048,
+            keep_first=100,
+            full_from=[3072, 0, 4096, 2000, 3072, 17, 5000, 3072],
+        ),
+        # uneven pack, head dim 64, fp16, GQA 4
+        dict(
+            lens_q=[9000, 1, 3000, 777, 5000],
+            lens_k=[9000, 1, 3000, 777, 5000],
+            hq=8,
+            hkv=2,
+            head_dim=64,
+            dtype=torch.float16,
+            window=1000,
+            keep_first=37,
+            full_from=[8000, 0, 2999, 100, 10000],
+        ),
+        # head dim 64, bf16, GQA 8, no sinks, no FA decode (the head-dim-64 benchmark case, fewer heads)
+        dict(lens_q=[16384], lens_k=[16384], hq=8, hkv=1, head_dim=64, dtype=torch.bfloat16, window=1024),
+        # chunked prefill: 4k queries against 16k keys, GQA 8
+        dict(
+            lens_q=[4096, 512],
+            lens_k=[16384, 2048],
+            hq=8,
+            hkv=1,
+            head_dim=128,
+            dtype=torch.bfloat16,
+            window=4096,
+            keep_first=64,
+            full_from=[15000, 1024],
+        ),
+        # full attention (window None) at 16k, fp32 exact products
+        dict(lens_q=[16384], lens_k=[16384], hq=2, hkv=1, head_dim=64, dtype=torch.float32, window=None),
+    ],
+    ids=["32k", "8x4k", "uneven-d64-fp16", "d64-bf16", "chunked-prefill", "full-16k-fp32"],
+)
 def test_real_sizes(case):
     run_and_compare(**case)
 
 
 @pytest.mark.gpu
 @gpu
-def test_real_size_full_layer_through_sdpa(monkeypatch, sdpa_calls):
-    """The recipe's full-attention layers on CUDA: one 32k document and a pack of 4 x 4k, bf16, GQA 4."""
-    monkeypatch.setenv("SWAA_ATTN_FULL_BACKEND", "auto")
-    run_and_compare([32768], [32768], hq=8, hkv=2, head_dim=128, dtype=torch.bfloat16)
-    run_and_compare([4096] * 4, [4096] * 4, hq=8, hkv=2, head_dim=128, dtype=torch.bfloat16)
-    assert len(sdpa_calls) == 2
+@pytest.mark.parametrize("lens", [[32768], [4096] * 4, [3000, 9000, 1500]])
+def test_real_size_full_causal_varlen(lens):
+    """Full-attention layers through SDPA at real sizes, bf16, GQA 4."""
+    g = torch.Generator().manual_seed(2)
+    q, k, v = (torch.randn(sum(lens), h, 128, generator=g).to(DEVICE, torch.bfloat16) for h in (8, 2, 2))
+    cu = _cu(lens)
+    got = full_causal_varlen(q, k, v, cu).float()
+    want = swaa_attn_varlen_ref(q.float(), k.float(), v.float(), cu, cu, max(lens), max(lens))
+    assert (got - want).norm() <= TOLERANCE[torch.bfloat16] * want.norm()

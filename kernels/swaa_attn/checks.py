@@ -108,9 +108,7 @@ def check_varlen_args(
     full_from: torch.Tensor | None,
 ) -> None:
     """Raise ValueError naming the argument if the varlen call is malformed."""
-    check_varlen_shapes(
-        q, k, v, cu_seqlens_q, cu_seqlens_k, window=window, keep_first=keep_first, full_from=full_from
-    )
+    check_varlen_shapes(q, k, v, cu_seqlens_q, cu_seqlens_k, window=window, keep_first=keep_first, full_from=full_from)
     check_varlen_values(q, k, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k)
 
 
@@ -121,6 +119,4 @@ MAX_KERNEL_HEAD_DIM = 256
 def check_head_dim(head_dim: int) -> None:
     """Head dims the Triton kernel supports (the reference takes any)."""
     if head_dim > MAX_KERNEL_HEAD_DIM:
-        raise ValueError(
-            f"head_dim = {head_dim} is not supported by the Triton kernel (at most {MAX_KERNEL_HEAD_DIM})"
-        )
+        raise ValueError(f"head_dim = {head_dim} is not supported by the Triton kernel (at most {MAX_KERNEL_HEAD_DIM})")

@@ -20,7 +20,6 @@ launch no empty programs beyond one per sequence.
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 
 import torch
@@ -35,20 +34,24 @@ LOG2E = 1.4426950408889634
 
 
 # ----------------------------------------------------------------------------------------
-# Tile ranges
+# The mask and the tile ranges (shared by the forward, dK/dV and dQ loops)
 # ----------------------------------------------------------------------------------------
-# Only Triton builtins below, none of triton.language's own @jit helpers (tl.cdiv, tl.max,
-# tl.sum, tl.zeros): those are bound to interpreter mode when triton is first imported, and
-# the tests switch the interpreter on after other test modules have imported triton.
-# Reductions go through tl.reduce with triton's own combine functions, which is what tl.max /
-# tl.sum compile to, and which the interpreter recognises and runs in numpy.
-_MAX = tl.standard._elementwise_max
-_ADD = tl.standard._sum_combine
 
 
 @triton.jit
-def _cdiv(a, b):
-    return (a + b - 1) // b
+def _visible(ii, jj, klen, window, keep_first, full_from):
+    """The SWAA mask (naive.visible) plus the sequence's key bound; ii, jj broadcast to the tile.
+
+    The window and FA-decode terms fold into each row's lowest visible key.
+    """
+    lo = tl.where(ii >= full_from, 0, ii - window + 1)
+    return (jj <= ii) & (jj < klen) & ((jj >= lo) | (jj < keep_first))
+
+
+@triton.jit
+def _walk(t, s1, c1, s2, c2, s3):
+    """Tile index of step t of a walk over [s1, s1+c1), then [s2, s2+c2), then [s3, ...)."""
+    return tl.where(t < c1, s1 + t, tl.where(t < c1 + c2, s2 + t - c1, s3 + t - c1 - c2))
 
 
 @triton.jit
@@ -63,37 +66,36 @@ def _key_ranges(i0, i1, klen, window, keep_first, full_from, BLOCK_N: tl.constex
     band_lo = tl.where(decode_any, 0, tl.maximum(i0 - window + 1, 0))
     band_hi = tl.minimum(i1 + 1, klen)
     nb0 = band_lo // BLOCK_N
-    nb1 = _cdiv(band_hi, BLOCK_N)
-    ns = tl.minimum(_cdiv(tl.minimum(keep_first, band_lo), BLOCK_N), nb0)
+    nb1 = tl.cdiv(band_hi, BLOCK_N)
+    ns = tl.minimum(tl.cdiv(tl.minimum(keep_first, band_lo), BLOCK_N), nb0)
     s_full = tl.minimum(keep_first // BLOCK_N, ns)
     # A band tile is fully visible when every row is causally past its last key and either
     # all rows are in the FA-decode region or its first key is inside every row's window.
-    win_full = tl.where(decode_all, 0, _cdiv(tl.maximum(i1 - window + 1, 0), BLOCK_N))
+    win_full = tl.where(decode_all, 0, tl.cdiv(tl.maximum(i1 - window + 1, 0), BLOCK_N))
     f_lo = tl.minimum(tl.maximum(win_full, nb0), nb1)
     f_hi = tl.minimum(tl.maximum((i0 + 1) // BLOCK_N, f_lo), nb1)
     return s_full, ns, nb0, f_lo, f_hi, nb1
 
 
 @triton.jit
-def _query_ranges(j0, qlen, offset, window, keep_first, full_from,
-                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+def _query_ranges(j0, qlen, offset, window, keep_first, full_from, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """Query tiles (indices within the sequence) that see keys j0..j0+BLOCK_N-1.
 
     Returns (a0, cf, wf, mb_hi, d0, dm_hi, g): masked tiles [a0, cf), [wf, mb_hi), [d0, dm_hi);
     fully visible tiles [cf, wf) and [g, nq).
     """
     j1 = j0 + BLOCK_N - 1
-    nq = _cdiv(qlen, BLOCK_M)
+    nq = tl.cdiv(qlen, BLOCK_M)
     a0 = tl.minimum(tl.maximum(j0 - offset, 0) // BLOCK_M, nq)
     # Rows that reach the tile through the window (all later rows when it holds a sink key).
-    a1 = tl.where(j0 < keep_first, nq, _cdiv(tl.maximum(j1 + window - offset, 0), BLOCK_M))
+    a1 = tl.where(j0 < keep_first, nq, tl.cdiv(tl.maximum(j1 + window - offset, 0), BLOCK_M))
     a1 = tl.minimum(tl.maximum(a1, a0), nq)
-    cf = tl.minimum(tl.maximum(_cdiv(tl.maximum(j1 - offset, 0), BLOCK_M), a0), nq)
+    cf = tl.minimum(tl.maximum(tl.cdiv(tl.maximum(j1 - offset, 0), BLOCK_M), a0), nq)
     wf = tl.where(j1 < keep_first, nq, tl.maximum(j0 + window - offset, 0) // BLOCK_M)
     wf = tl.minimum(tl.maximum(wf, cf), a1)
     # FA-decode rows: [d0, nq) see the tile, [g, nq) see all of it.
     d0 = tl.minimum(tl.maximum(tl.maximum(full_from - offset, 0) // BLOCK_M, a1), nq)
-    g = tl.minimum(tl.maximum(_cdiv(tl.maximum(full_from - offset, 0), BLOCK_M), cf), nq)
+    g = tl.minimum(tl.maximum(tl.cdiv(tl.maximum(full_from - offset, 0), BLOCK_M), cf), nq)
     mb_hi = tl.maximum(wf, tl.minimum(a1, g))
     dm_hi = tl.maximum(d0, g)
     g = tl.maximum(g, wf)
@@ -106,15 +108,38 @@ def _query_ranges(j0, qlen, offset, window, keep_first, full_from,
 
 
 @triton.jit
-def _fwd_tiles(acc, l_i, m_i, q, K, V, stride_kt, stride_vt, offs_i, offs_n, offs_d,
-               s1, c1, s2, c2, s3, c3, klen, window, keep_first, full_from, qk_scale,
-               MASKED: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
-               BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr, WARP_SPECIALIZE: tl.constexpr):
+def _fwd_tiles(
+    acc,
+    l_i,
+    m_i,
+    q,
+    K,
+    V,
+    stride_kt,
+    stride_vt,
+    offs_i,
+    offs_n,
+    offs_d,
+    s1,
+    c1,
+    s2,
+    c2,
+    s3,
+    c3,
+    klen,
+    window,
+    keep_first,
+    full_from,
+    qk_scale,
+    MASKED: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    WARP_SPECIALIZE: tl.constexpr,
+):
     for t in tl.range(0, c1 + c2 + c3, warp_specialize=WARP_SPECIALIZE):
-        # Step t walks [s1, s1+c1), then [s2, s2+c2), then [s3, s3+c3). (Loop bodies call no
-        # helpers: each call costs the Triton interpreter a module patch.)
-        start_n = tl.where(t < c1, s1 + t, tl.where(t < c1 + c2, s2 + t - c1, s3 + t - c1 - c2)) * BLOCK_N
-        cols = start_n + offs_n
+        cols = _walk(t, s1, c1, s2, c2, s3) * BLOCK_N + offs_n
         if MASKED:
             kv_mask = (cols[:, None] < klen) & (offs_d[None, :] < HEAD_DIM)
             kv_other = 0.0
@@ -124,24 +149,19 @@ def _fwd_tiles(acc, l_i, m_i, q, K, V, stride_kt, stride_vt, offs_i, offs_n, off
         else:
             kv_mask = None
             kv_other = None
-        k = tl.load(K + cols[:, None] * stride_kt + offs_d[None, :], mask=kv_mask, other=kv_other)
+        k = tl.load(K + cols.to(tl.int64)[:, None] * stride_kt + offs_d[None, :], mask=kv_mask, other=kv_other)
         qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
         if MASKED:
-            ii = offs_i[:, None]
-            jj = cols[None, :]
-            # The SWAA mask (naive.visible) plus the sequence's key bound, with the window and
-            # FA-decode terms folded into each row's lowest visible key.
-            lo = tl.where(offs_i >= full_from, 0, offs_i - window + 1)[:, None]
-            vis = (jj <= ii) & (jj < klen) & ((jj >= lo) | (jj < keep_first))
+            vis = _visible(offs_i[:, None], cols[None, :], klen, window, keep_first, full_from)
             qk = tl.where(vis, qk * qk_scale, float("-inf"))
-            m_new = tl.maximum(m_i, tl.reduce(qk, 1, _MAX))
+            m_new = tl.maximum(m_i, tl.max(qk, 1))
             p = tl.math.exp2(qk - m_new[:, None])
         else:  # scale folded into one multiply-add per score (qk_scale > 0)
-            m_new = tl.maximum(m_i, tl.reduce(qk, 1, _MAX) * qk_scale)
+            m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
             p = tl.math.exp2(qk * qk_scale - m_new[:, None])
         alpha = tl.math.exp2(m_i - m_new)
-        l_i = l_i * alpha + tl.reduce(p, 1, _ADD)
-        v = tl.load(V + cols[:, None] * stride_vt + offs_d[None, :], mask=kv_mask, other=kv_other)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        v = tl.load(V + cols.to(tl.int64)[:, None] * stride_vt + offs_d[None, :], mask=kv_mask, other=kv_other)
         acc = acc * alpha[:, None]
         acc = tl.dot(p.to(v.dtype), v, acc, input_precision=DOT_PRECISION)
         m_i = m_new
@@ -150,13 +170,40 @@ def _fwd_tiles(acc, l_i, m_i, q, K, V, stride_kt, stride_vt, offs_i, offs_n, off
 
 # Scalars that vary from call to call are not specialized on (no recompile per window size).
 @triton.jit(do_not_specialize=["total_q", "n_tiles", "window", "keep_first"])
-def _fwd_kernel(Q, K, V, Out, Lse, CuQ, CuK, FullFrom, TileSeq, TileIdx,
-                stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh,
-                stride_ot, stride_oh, total_q, n_tiles, qk_scale, window, keep_first,
-                GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
-                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr,
-                WARP_SPECIALIZE: tl.constexpr):
+def _fwd_kernel(
+    Q,
+    K,
+    V,
+    Out,
+    Lse,
+    CuQ,
+    CuK,
+    FullFrom,
+    TileSeq,
+    TileIdx,
+    stride_qt,
+    stride_qh,
+    stride_kt,
+    stride_kh,
+    stride_vt,
+    stride_vh,
+    stride_ot,
+    stride_oh,
+    total_q,
+    n_tiles,
+    qk_scale,
+    window,
+    keep_first,
+    GROUP: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    WARP_SPECIALIZE: tl.constexpr,
+):
     head = tl.program_id(0)
+    head64 = head.to(tl.int64)  # pointer offsets are 64-bit throughout
     slot = n_tiles - 1 - tl.program_id(1)  # last tiles see the most keys: start them first
     seq = tl.load(TileSeq + slot)
     if seq < 0:
@@ -179,28 +226,84 @@ def _fwd_kernel(Q, K, V, Out, Lse, CuQ, CuK, FullFrom, TileSeq, TileIdx,
     row_ok = offs_r < qlen
     io_mask = row_ok[:, None] & (offs_d[None, :] < HEAD_DIM)
     q_rows = (q0 + offs_r).to(tl.int64)
-    q = tl.load(Q + q_rows[:, None] * stride_qt + head * stride_qh + offs_d[None, :], mask=io_mask, other=0.0)
+    q = tl.load(Q + q_rows[:, None] * stride_qt + head64 * stride_qh + offs_d[None, :], mask=io_mask, other=0.0)
     kv_head = head // GROUP
-    K = K + k0.to(tl.int64) * stride_kt + kv_head * stride_kh
-    V = V + k0.to(tl.int64) * stride_vt + kv_head * stride_vh
+    K = K + k0.to(tl.int64) * stride_kt + kv_head.to(tl.int64) * stride_kh
+    V = V + k0.to(tl.int64) * stride_vt + kv_head.to(tl.int64) * stride_vh
 
     s_full, ns, nb0, f_lo, f_hi, nb1 = _key_ranges(i0, i1, klen, window, keep_first, full_from, BLOCK_N)
     # A finite floor keeps exp2(m_old - m_new) at 1, not NaN, while a row has seen only masked keys.
     m_i = tl.full([BLOCK_M], -1.0e30, dtype=tl.float32)
     l_i = tl.full([BLOCK_M], 0.0, dtype=tl.float32)
     acc = tl.full([BLOCK_M, BLOCK_D], 0.0, dtype=tl.float32)
-    acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, K, V, stride_kt, stride_vt, offs_i, offs_n, offs_d,
-                               0, s_full, f_lo, f_hi - f_lo, 0, 0, klen, window, keep_first, full_from,
-                               qk_scale, False, HEAD_DIM, BLOCK_D, BLOCK_N, DOT_PRECISION, WARP_SPECIALIZE)
-    acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, K, V, stride_kt, stride_vt, offs_i, offs_n, offs_d,
-                               s_full, ns - s_full, nb0, f_lo - nb0, f_hi, nb1 - f_hi, klen, window,
-                               keep_first, full_from, qk_scale, True, HEAD_DIM, BLOCK_D, BLOCK_N,
-                               DOT_PRECISION, WARP_SPECIALIZE)
+    acc, l_i, m_i = _fwd_tiles(
+        acc,
+        l_i,
+        m_i,
+        q,
+        K,
+        V,
+        stride_kt,
+        stride_vt,
+        offs_i,
+        offs_n,
+        offs_d,
+        0,
+        s_full,
+        f_lo,
+        f_hi - f_lo,
+        0,
+        0,
+        klen,
+        window,
+        keep_first,
+        full_from,
+        qk_scale,
+        False,
+        HEAD_DIM,
+        BLOCK_D,
+        BLOCK_N,
+        DOT_PRECISION,
+        WARP_SPECIALIZE,
+    )
+    acc, l_i, m_i = _fwd_tiles(
+        acc,
+        l_i,
+        m_i,
+        q,
+        K,
+        V,
+        stride_kt,
+        stride_vt,
+        offs_i,
+        offs_n,
+        offs_d,
+        s_full,
+        ns - s_full,
+        nb0,
+        f_lo - nb0,
+        f_hi,
+        nb1 - f_hi,
+        klen,
+        window,
+        keep_first,
+        full_from,
+        qk_scale,
+        True,
+        HEAD_DIM,
+        BLOCK_D,
+        BLOCK_N,
+        DOT_PRECISION,
+        WARP_SPECIALIZE,
+    )
     l_i = tl.where(l_i > 0.0, l_i, 1.0)
     acc = acc / l_i[:, None]
-    tl.store(Out + q_rows[:, None] * stride_ot + head * stride_oh + offs_d[None, :],
-             acc.to(Out.dtype.element_ty), mask=io_mask)
-    tl.store(Lse + head.to(tl.int64) * total_q + q0 + offs_r, m_i + tl.math.log2(l_i), mask=row_ok)
+    tl.store(
+        Out + q_rows[:, None] * stride_ot + head64 * stride_oh + offs_d[None, :],
+        acc.to(Out.dtype.element_ty),
+        mask=io_mask,
+    )
+    tl.store(Lse + head64 * total_q + q0 + offs_r, m_i + tl.math.log2(l_i), mask=row_ok)
 
 
 # ----------------------------------------------------------------------------------------
@@ -209,43 +312,82 @@ def _fwd_kernel(Q, K, V, Out, Lse, CuQ, CuK, FullFrom, TileSeq, TileIdx,
 
 
 @triton.jit(do_not_specialize=["total_q"])
-def _bwd_delta_kernel(Out, DOut, Delta, stride_ot, stride_oh, stride_dt, stride_dh, total_q,
-                      HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr):
+def _bwd_delta_kernel(
+    Out,
+    DOut,
+    Delta,
+    stride_ot,
+    stride_oh,
+    stride_dt,
+    stride_dh,
+    total_q,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_T: tl.constexpr,
+):
     head = tl.program_id(0)
+    head64 = head.to(tl.int64)  # pointer offsets are 64-bit throughout
     rows = tl.program_id(1) * BLOCK_T + tl.arange(0, BLOCK_T)
     offs_d = tl.arange(0, BLOCK_D)
     mask = (rows[:, None] < total_q) & (offs_d[None, :] < HEAD_DIM)
     rows64 = rows.to(tl.int64)
-    o = tl.load(Out + rows64[:, None] * stride_ot + head * stride_oh + offs_d[None, :], mask=mask, other=0.0)
-    do = tl.load(DOut + rows64[:, None] * stride_dt + head * stride_dh + offs_d[None, :], mask=mask, other=0.0)
-    delta = tl.reduce(o.to(tl.float32) * do.to(tl.float32), 1, _ADD)
-    tl.store(Delta + head.to(tl.int64) * total_q + rows, delta, mask=rows < total_q)
+    o = tl.load(Out + rows64[:, None] * stride_ot + head64 * stride_oh + offs_d[None, :], mask=mask, other=0.0)
+    do = tl.load(DOut + rows64[:, None] * stride_dt + head64 * stride_dh + offs_d[None, :], mask=mask, other=0.0)
+    delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
+    tl.store(Delta + head64 * total_q + rows, delta, mask=rows < total_q)
 
 
 @triton.jit
-def _dkdv_tiles(dk, dv, k, v, Q, DO, Lse, Delta, stride_qt, stride_dot, offs_j, offs_m, offs_d,
-                s1, c1, s2, c2, s3, c3, qlen, offset, klen, window, keep_first, full_from, qk_scale,
-                MASKED: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr,
-                DOT_PRECISION: tl.constexpr, WARP_SPECIALIZE: tl.constexpr):
+def _dkdv_tiles(
+    dk,
+    dv,
+    k,
+    v,
+    Q,
+    DO,
+    Lse,
+    Delta,
+    stride_qt,
+    stride_dot,
+    offs_j,
+    offs_m,
+    offs_d,
+    s1,
+    c1,
+    s2,
+    c2,
+    s3,
+    c3,
+    qlen,
+    offset,
+    klen,
+    window,
+    keep_first,
+    full_from,
+    qk_scale,
+    MASKED: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    WARP_SPECIALIZE: tl.constexpr,
+):
     d_ok = offs_d < HEAD_DIM
     for t in tl.range(0, c1 + c2 + c3, warp_specialize=WARP_SPECIALIZE):
-        # Step t walks [s1, s1+c1), then [s2, s2+c2), then [s3, s3+c3).
-        rows = tl.where(t < c1, s1 + t, tl.where(t < c1 + c2, s2 + t - c1, s3 + t - c1 - c2)) * BLOCK_M + offs_m
+        rows = _walk(t, s1, c1, s2, c2, s3) * BLOCK_M + offs_m
         row_ok = rows < qlen
-        q = tl.load(Q + rows[:, None] * stride_qt + offs_d[None, :], mask=row_ok[:, None] & d_ok[None, :], other=0.0)
+        rows64 = rows.to(tl.int64)
+        q = tl.load(Q + rows64[:, None] * stride_qt + offs_d[None, :], mask=row_ok[:, None] & d_ok[None, :], other=0.0)
         # Rows past the sequence get lse = +inf, so their probabilities are exactly 0.
         lse = tl.load(Lse + rows, mask=row_ok, other=float("inf"))
         qkT = tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION)
         pT = tl.math.exp2(qkT * qk_scale - lse[None, :])
         if MASKED:
-            pos = rows + offset
-            ii = pos[None, :]
-            jj = offs_j[:, None]
-            # The SWAA mask (naive.visible) plus the sequence's key bound (see _fwd_tiles).
-            lo = tl.where(pos >= full_from, 0, pos - window + 1)[None, :]
-            vis = (jj <= ii) & (jj < klen) & ((jj >= lo) | (jj < keep_first))
-            pT = tl.where(vis, pT, 0.0)
-        do = tl.load(DO + rows[:, None] * stride_dot + offs_d[None, :], mask=row_ok[:, None] & d_ok[None, :], other=0.0)
+            pT = tl.where(
+                _visible((rows + offset)[None, :], offs_j[:, None], klen, window, keep_first, full_from), pT, 0.0
+            )
+        do = tl.load(
+            DO + rows64[:, None] * stride_dot + offs_d[None, :], mask=row_ok[:, None] & d_ok[None, :], other=0.0
+        )
         dv = tl.dot(pT.to(do.dtype), do, dv, input_precision=DOT_PRECISION)
         delta = tl.load(Delta + rows, mask=row_ok, other=0.0)
         dpT = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)
@@ -255,14 +397,47 @@ def _dkdv_tiles(dk, dv, k, v, Q, DO, Lse, Delta, stride_qt, stride_dot, offs_j, 
 
 
 @triton.jit(do_not_specialize=["total_q", "window", "keep_first"])
-def _bwd_dkdv_kernel(Q, K, V, DO, DK, DV, Lse, Delta, CuQ, CuK, FullFrom, TileSeq, TileIdx,
-                     stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh,
-                     stride_dot, stride_doh, stride_dkt, stride_dkh, stride_dvt, stride_dvh,
-                     total_q, sm_scale, qk_scale, window, keep_first,
-                     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
-                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr,
-                     WARP_SPECIALIZE: tl.constexpr):
+def _bwd_dkdv_kernel(
+    Q,
+    K,
+    V,
+    DO,
+    DK,
+    DV,
+    Lse,
+    Delta,
+    CuQ,
+    CuK,
+    FullFrom,
+    TileSeq,
+    TileIdx,
+    stride_qt,
+    stride_qh,
+    stride_kt,
+    stride_kh,
+    stride_vt,
+    stride_vh,
+    stride_dot,
+    stride_doh,
+    stride_dkt,
+    stride_dkh,
+    stride_dvt,
+    stride_dvh,
+    total_q,
+    sm_scale,
+    qk_scale,
+    window,
+    keep_first,
+    GROUP: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    WARP_SPECIALIZE: tl.constexpr,
+):
     kv_head = tl.program_id(0)
+    kv_head64 = kv_head.to(tl.int64)
     slot = tl.program_id(1)  # first tiles hold the sinks, seen by every later query: start them first
     seq = tl.load(TileSeq + slot)
     if seq < 0:
@@ -281,43 +456,132 @@ def _bwd_dkdv_kernel(Q, K, V, DO, DK, DV, Lse, Delta, CuQ, CuK, FullFrom, TileSe
     offs_d = tl.arange(0, BLOCK_D)
     kv_mask = (offs_j[:, None] < klen) & (offs_d[None, :] < HEAD_DIM)
     k_rows = (k0 + offs_j).to(tl.int64)
-    k = tl.load(K + k_rows[:, None] * stride_kt + kv_head * stride_kh + offs_d[None, :], mask=kv_mask, other=0.0)
-    v = tl.load(V + k_rows[:, None] * stride_vt + kv_head * stride_vh + offs_d[None, :], mask=kv_mask, other=0.0)
+    k = tl.load(K + k_rows[:, None] * stride_kt + kv_head64 * stride_kh + offs_d[None, :], mask=kv_mask, other=0.0)
+    v = tl.load(V + k_rows[:, None] * stride_vt + kv_head64 * stride_vh + offs_d[None, :], mask=kv_mask, other=0.0)
 
-    a0, cf, wf, mb_hi, d0, dm_hi, g = _query_ranges(j0, qlen, offset, window, keep_first, full_from,
-                                                    BLOCK_M, BLOCK_N)
-    nq = _cdiv(qlen, BLOCK_M)
+    a0, cf, wf, mb_hi, d0, dm_hi, g = _query_ranges(j0, qlen, offset, window, keep_first, full_from, BLOCK_M, BLOCK_N)
+    nq = tl.cdiv(qlen, BLOCK_M)
     dk = tl.full([BLOCK_N, BLOCK_D], 0.0, dtype=tl.float32)
     dv = tl.full([BLOCK_N, BLOCK_D], 0.0, dtype=tl.float32)
     for h in range(GROUP):
         head = kv_head * GROUP + h
-        Qh = Q + q0.to(tl.int64) * stride_qt + head * stride_qh
-        DOh = DO + q0.to(tl.int64) * stride_dot + head * stride_doh
-        Lseh = Lse + head.to(tl.int64) * total_q + q0
-        Deltah = Delta + head.to(tl.int64) * total_q + q0
-        dk, dv = _dkdv_tiles(dk, dv, k, v, Qh, DOh, Lseh, Deltah, stride_qt, stride_dot, offs_j, offs_m,
-                             offs_d, cf, wf - cf, g, nq - g, 0, 0, qlen, offset, klen, window, keep_first,
-                             full_from, qk_scale, False, HEAD_DIM, BLOCK_M, DOT_PRECISION, WARP_SPECIALIZE)
-        dk, dv = _dkdv_tiles(dk, dv, k, v, Qh, DOh, Lseh, Deltah, stride_qt, stride_dot, offs_j, offs_m,
-                             offs_d, a0, cf - a0, wf, mb_hi - wf, d0, dm_hi - d0, qlen, offset, klen,
-                             window, keep_first, full_from, qk_scale, True, HEAD_DIM, BLOCK_M, DOT_PRECISION,
-                             WARP_SPECIALIZE)
-    tl.store(DK + k_rows[:, None] * stride_dkt + kv_head * stride_dkh + offs_d[None, :],
-             (dk * sm_scale).to(DK.dtype.element_ty), mask=kv_mask)
-    tl.store(DV + k_rows[:, None] * stride_dvt + kv_head * stride_dvh + offs_d[None, :],
-             dv.to(DV.dtype.element_ty), mask=kv_mask)
+        head64 = head.to(tl.int64)
+        Qh = Q + q0.to(tl.int64) * stride_qt + head64 * stride_qh
+        DOh = DO + q0.to(tl.int64) * stride_dot + head64 * stride_doh
+        Lseh = Lse + head64 * total_q + q0
+        Deltah = Delta + head64 * total_q + q0
+        dk, dv = _dkdv_tiles(
+            dk,
+            dv,
+            k,
+            v,
+            Qh,
+            DOh,
+            Lseh,
+            Deltah,
+            stride_qt,
+            stride_dot,
+            offs_j,
+            offs_m,
+            offs_d,
+            cf,
+            wf - cf,
+            g,
+            nq - g,
+            0,
+            0,
+            qlen,
+            offset,
+            klen,
+            window,
+            keep_first,
+            full_from,
+            qk_scale,
+            False,
+            HEAD_DIM,
+            BLOCK_M,
+            DOT_PRECISION,
+            WARP_SPECIALIZE,
+        )
+        dk, dv = _dkdv_tiles(
+            dk,
+            dv,
+            k,
+            v,
+            Qh,
+            DOh,
+            Lseh,
+            Deltah,
+            stride_qt,
+            stride_dot,
+            offs_j,
+            offs_m,
+            offs_d,
+            a0,
+            cf - a0,
+            wf,
+            mb_hi - wf,
+            d0,
+            dm_hi - d0,
+            qlen,
+            offset,
+            klen,
+            window,
+            keep_first,
+            full_from,
+            qk_scale,
+            True,
+            HEAD_DIM,
+            BLOCK_M,
+            DOT_PRECISION,
+            WARP_SPECIALIZE,
+        )
+    tl.store(
+        DK + k_rows[:, None] * stride_dkt + kv_head64 * stride_dkh + offs_d[None, :],
+        (dk * sm_scale).to(DK.dtype.element_ty),
+        mask=kv_mask,
+    )
+    tl.store(
+        DV + k_rows[:, None] * stride_dvt + kv_head64 * stride_dvh + offs_d[None, :],
+        dv.to(DV.dtype.element_ty),
+        mask=kv_mask,
+    )
 
 
 @triton.jit
-def _dq_tiles(dq, q, do, lse, delta, K, V, stride_kt, stride_vt, offs_i, offs_n, offs_d,
-              s1, c1, s2, c2, s3, c3, klen, window, keep_first, full_from, qk_scale,
-              MASKED: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
-              BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr, WARP_SPECIALIZE: tl.constexpr):
+def _dq_tiles(
+    dq,
+    q,
+    do,
+    lse,
+    delta,
+    K,
+    V,
+    stride_kt,
+    stride_vt,
+    offs_i,
+    offs_n,
+    offs_d,
+    s1,
+    c1,
+    s2,
+    c2,
+    s3,
+    c3,
+    klen,
+    window,
+    keep_first,
+    full_from,
+    qk_scale,
+    MASKED: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    WARP_SPECIALIZE: tl.constexpr,
+):
     for t in tl.range(0, c1 + c2 + c3, warp_specialize=WARP_SPECIALIZE):
-        # Step t walks [s1, s1+c1), then [s2, s2+c2), then [s3, s3+c3). (Loop bodies call no
-        # helpers: each call costs the Triton interpreter a module patch.)
-        start_n = tl.where(t < c1, s1 + t, tl.where(t < c1 + c2, s2 + t - c1, s3 + t - c1 - c2)) * BLOCK_N
-        cols = start_n + offs_n
+        cols = _walk(t, s1, c1, s2, c2, s3) * BLOCK_N + offs_n
         if MASKED:
             kv_mask = (cols[:, None] < klen) & (offs_d[None, :] < HEAD_DIM)
             kv_other = 0.0
@@ -327,18 +591,12 @@ def _dq_tiles(dq, q, do, lse, delta, K, V, stride_kt, stride_vt, offs_i, offs_n,
         else:
             kv_mask = None
             kv_other = None
-        k = tl.load(K + cols[:, None] * stride_kt + offs_d[None, :], mask=kv_mask, other=kv_other)
-        v = tl.load(V + cols[:, None] * stride_vt + offs_d[None, :], mask=kv_mask, other=kv_other)
+        k = tl.load(K + cols.to(tl.int64)[:, None] * stride_kt + offs_d[None, :], mask=kv_mask, other=kv_other)
+        v = tl.load(V + cols.to(tl.int64)[:, None] * stride_vt + offs_d[None, :], mask=kv_mask, other=kv_other)
         qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
         p = tl.math.exp2(qk * qk_scale - lse[:, None])
         if MASKED:
-            ii = offs_i[:, None]
-            jj = cols[None, :]
-            # The SWAA mask (naive.visible) plus the sequence's key bound, with the window and
-            # FA-decode terms folded into each row's lowest visible key.
-            lo = tl.where(offs_i >= full_from, 0, offs_i - window + 1)[:, None]
-            vis = (jj <= ii) & (jj < klen) & ((jj >= lo) | (jj < keep_first))
-            p = tl.where(vis, p, 0.0)
+            p = tl.where(_visible(offs_i[:, None], cols[None, :], klen, window, keep_first, full_from), p, 0.0)
         dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
         ds = p * (dp - delta[:, None])
         dq = tl.dot(ds.to(k.dtype), k, dq, input_precision=DOT_PRECISION)
@@ -346,14 +604,45 @@ def _dq_tiles(dq, q, do, lse, delta, K, V, stride_kt, stride_vt, offs_i, offs_n,
 
 
 @triton.jit(do_not_specialize=["total_q", "n_tiles", "window", "keep_first"])
-def _bwd_dq_kernel(Q, K, V, DO, DQ, Lse, Delta, CuQ, CuK, FullFrom, TileSeq, TileIdx,
-                   stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh,
-                   stride_dot, stride_doh, stride_dqt, stride_dqh,
-                   total_q, n_tiles, sm_scale, qk_scale, window, keep_first,
-                   GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
-                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr,
-                   WARP_SPECIALIZE: tl.constexpr):
+def _bwd_dq_kernel(
+    Q,
+    K,
+    V,
+    DO,
+    DQ,
+    Lse,
+    Delta,
+    CuQ,
+    CuK,
+    FullFrom,
+    TileSeq,
+    TileIdx,
+    stride_qt,
+    stride_qh,
+    stride_kt,
+    stride_kh,
+    stride_vt,
+    stride_vh,
+    stride_dot,
+    stride_doh,
+    stride_dqt,
+    stride_dqh,
+    total_q,
+    n_tiles,
+    sm_scale,
+    qk_scale,
+    window,
+    keep_first,
+    GROUP: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    WARP_SPECIALIZE: tl.constexpr,
+):
     head = tl.program_id(0)
+    head64 = head.to(tl.int64)  # pointer offsets are 64-bit throughout
     slot = n_tiles - 1 - tl.program_id(1)
     seq = tl.load(TileSeq + slot)
     if seq < 0:
@@ -375,24 +664,83 @@ def _bwd_dq_kernel(Q, K, V, DO, DQ, Lse, Delta, CuQ, CuK, FullFrom, TileSeq, Til
     row_ok = offs_r < qlen
     io_mask = row_ok[:, None] & (offs_d[None, :] < HEAD_DIM)
     q_rows = (q0 + offs_r).to(tl.int64)
-    q = tl.load(Q + q_rows[:, None] * stride_qt + head * stride_qh + offs_d[None, :], mask=io_mask, other=0.0)
-    do = tl.load(DO + q_rows[:, None] * stride_dot + head * stride_doh + offs_d[None, :], mask=io_mask, other=0.0)
-    lse = tl.load(Lse + head.to(tl.int64) * total_q + q0 + offs_r, mask=row_ok, other=float("inf"))
-    delta = tl.load(Delta + head.to(tl.int64) * total_q + q0 + offs_r, mask=row_ok, other=0.0)
+    q = tl.load(Q + q_rows[:, None] * stride_qt + head64 * stride_qh + offs_d[None, :], mask=io_mask, other=0.0)
+    do = tl.load(DO + q_rows[:, None] * stride_dot + head64 * stride_doh + offs_d[None, :], mask=io_mask, other=0.0)
+    lse = tl.load(Lse + head64 * total_q + q0 + offs_r, mask=row_ok, other=float("inf"))
+    delta = tl.load(Delta + head64 * total_q + q0 + offs_r, mask=row_ok, other=0.0)
     kv_head = head // GROUP
-    K = K + k0.to(tl.int64) * stride_kt + kv_head * stride_kh
-    V = V + k0.to(tl.int64) * stride_vt + kv_head * stride_vh
+    K = K + k0.to(tl.int64) * stride_kt + kv_head.to(tl.int64) * stride_kh
+    V = V + k0.to(tl.int64) * stride_vt + kv_head.to(tl.int64) * stride_vh
 
     s_full, ns, nb0, f_lo, f_hi, nb1 = _key_ranges(i0, i1, klen, window, keep_first, full_from, BLOCK_N)
     dq = tl.full([BLOCK_M, BLOCK_D], 0.0, dtype=tl.float32)
-    dq = _dq_tiles(dq, q, do, lse, delta, K, V, stride_kt, stride_vt, offs_i, offs_n, offs_d,
-                   0, s_full, f_lo, f_hi - f_lo, 0, 0, klen, window, keep_first, full_from, qk_scale,
-                   False, HEAD_DIM, BLOCK_D, BLOCK_N, DOT_PRECISION, WARP_SPECIALIZE)
-    dq = _dq_tiles(dq, q, do, lse, delta, K, V, stride_kt, stride_vt, offs_i, offs_n, offs_d,
-                   s_full, ns - s_full, nb0, f_lo - nb0, f_hi, nb1 - f_hi, klen, window, keep_first,
-                   full_from, qk_scale, True, HEAD_DIM, BLOCK_D, BLOCK_N, DOT_PRECISION, WARP_SPECIALIZE)
-    tl.store(DQ + q_rows[:, None] * stride_dqt + head * stride_dqh + offs_d[None, :],
-             (dq * sm_scale).to(DQ.dtype.element_ty), mask=io_mask)
+    dq = _dq_tiles(
+        dq,
+        q,
+        do,
+        lse,
+        delta,
+        K,
+        V,
+        stride_kt,
+        stride_vt,
+        offs_i,
+        offs_n,
+        offs_d,
+        0,
+        s_full,
+        f_lo,
+        f_hi - f_lo,
+        0,
+        0,
+        klen,
+        window,
+        keep_first,
+        full_from,
+        qk_scale,
+        False,
+        HEAD_DIM,
+        BLOCK_D,
+        BLOCK_N,
+        DOT_PRECISION,
+        WARP_SPECIALIZE,
+    )
+    dq = _dq_tiles(
+        dq,
+        q,
+        do,
+        lse,
+        delta,
+        K,
+        V,
+        stride_kt,
+        stride_vt,
+        offs_i,
+        offs_n,
+        offs_d,
+        s_full,
+        ns - s_full,
+        nb0,
+        f_lo - nb0,
+        f_hi,
+        nb1 - f_hi,
+        klen,
+        window,
+        keep_first,
+        full_from,
+        qk_scale,
+        True,
+        HEAD_DIM,
+        BLOCK_D,
+        BLOCK_N,
+        DOT_PRECISION,
+        WARP_SPECIALIZE,
+    )
+    tl.store(
+        DQ + q_rows[:, None] * stride_dqt + head64 * stride_dqh + offs_d[None, :],
+        (dq * sm_scale).to(DQ.dtype.element_ty),
+        mask=io_mask,
+    )
 
 
 # ----------------------------------------------------------------------------------------
@@ -420,25 +768,52 @@ class KernelConfig:
 
 # Tuned on an H100 (see BENCHMARKS.md); keyed on the padded head dim.
 GPU_CONFIGS = {
-    64: KernelConfig(block_m=128, block_n=64, fwd_warps=4, fwd_stages=3,
-                     block_m1=64, block_n1=128, block_m2=128, block_n2=64, bwd_warps=4, bwd_stages=3),
+    64: KernelConfig(
+        block_m=128,
+        block_n=64,
+        fwd_warps=4,
+        fwd_stages=3,
+        block_m1=64,
+        block_n1=128,
+        block_m2=128,
+        block_n2=64,
+        bwd_warps=4,
+        bwd_stages=3,
+    ),
     128: KernelConfig(block_n=128),
-    256: KernelConfig(block_m=64, block_n=64, fwd_warps=4, fwd_stages=2,
-                      block_m1=32, block_n1=64, block_m2=64, block_n2=32, bwd_warps=4, bwd_stages=2),
+    256: KernelConfig(
+        block_m=64,
+        block_n=64,
+        fwd_warps=4,
+        fwd_stages=2,
+        block_m1=32,
+        block_n1=64,
+        block_m2=64,
+        block_n2=32,
+        bwd_warps=4,
+        bwd_stages=2,
+    ),
 }
 # fp32 (tests only) takes twice the shared memory per tile: half-size tiles.
-FP32_GPU_CONFIG = KernelConfig(block_m=64, block_n=32, fwd_warps=4, fwd_stages=2, block_m1=32, block_n1=64,
-                               block_m2=64, block_n2=32, bwd_warps=4, bwd_stages=2)
+FP32_GPU_CONFIG = KernelConfig(
+    block_m=64,
+    block_n=32,
+    fwd_warps=4,
+    fwd_stages=2,
+    block_m1=32,
+    block_n1=64,
+    block_m2=64,
+    block_n2=32,
+    bwd_warps=4,
+    bwd_stages=2,
+)
 # Small tiles under the interpreter: short test sequences still span many tiles.
 INTERPRETER_CONFIG = KernelConfig(block_m=32, block_n=32, block_m1=32, block_n1=64, block_m2=64, block_n2=32)
 
 
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
-
-
-def select_config(block_d: int, dtype: torch.dtype = torch.bfloat16) -> KernelConfig:
-    if _interpreting():
+def select_config(block_d: int, dtype: torch.dtype = torch.bfloat16, device_type: str = "cuda") -> KernelConfig:
+    """Tile shapes for a padded head dim; CPU tensors run under the Triton interpreter."""
+    if device_type != "cuda":
         return INTERPRETER_CONFIG
     if dtype == torch.float32:
         return FP32_GPU_CONFIG
@@ -472,12 +847,38 @@ def _launch_fwd(q, k, v, cu_q, cu_k, full_from, window, keep_first, scale, cfg):
     seq, tile = _tile_table(cu_q, cfg.block_m, total_q)
     grid = (hq, seq.numel())
     _fwd_kernel[grid](
-        q, k, v, out, lse, cu_q, cu_k, full_from, seq, tile,
-        q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
-        out.stride(0), out.stride(1), total_q, seq.numel(), scale * LOG2E, window, keep_first,
-        GROUP=hq // k.shape[1], HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_M=cfg.block_m,
-        BLOCK_N=cfg.block_n, DOT_PRECISION=_dot_precision(q.dtype),
-        WARP_SPECIALIZE=cfg.fwd_warp_specialize, num_warps=cfg.fwd_warps, num_stages=cfg.fwd_stages,
+        q,
+        k,
+        v,
+        out,
+        lse,
+        cu_q,
+        cu_k,
+        full_from,
+        seq,
+        tile,
+        q.stride(0),
+        q.stride(1),
+        k.stride(0),
+        k.stride(1),
+        v.stride(0),
+        v.stride(1),
+        out.stride(0),
+        out.stride(1),
+        total_q,
+        seq.numel(),
+        scale * LOG2E,
+        window,
+        keep_first,
+        GROUP=hq // k.shape[1],
+        HEAD_DIM=head_dim,
+        BLOCK_D=block_d,
+        BLOCK_M=cfg.block_m,
+        BLOCK_N=cfg.block_n,
+        DOT_PRECISION=_dot_precision(q.dtype),
+        WARP_SPECIALIZE=cfg.fwd_warp_specialize,
+        num_warps=cfg.fwd_warps,
+        num_stages=cfg.fwd_stages,
     )
     return out, lse
 
@@ -490,28 +891,99 @@ def _launch_bwd(do, q, k, v, out, lse, cu_q, cu_k, full_from, window, keep_first
     delta = torch.empty_like(lse)
     block_t = 64
     _bwd_delta_kernel[(hq, triton.cdiv(total_q, block_t))](
-        out, do, delta, out.stride(0), out.stride(1), do.stride(0), do.stride(1), total_q,
-        HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_T=block_t,
+        out,
+        do,
+        delta,
+        out.stride(0),
+        out.stride(1),
+        do.stride(0),
+        do.stride(1),
+        total_q,
+        HEAD_DIM=head_dim,
+        BLOCK_D=block_d,
+        BLOCK_T=block_t,
     )
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     seq_k, tile_k = _tile_table(cu_k, cfg.block_n1, total_k)
     _bwd_dkdv_kernel[(hkv, seq_k.numel())](
-        q, k, v, do, dk, dv, lse, delta, cu_q, cu_k, full_from, seq_k, tile_k,
-        q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
-        do.stride(0), do.stride(1), dk.stride(0), dk.stride(1), dv.stride(0), dv.stride(1),
-        total_q, scale, scale * LOG2E, window, keep_first,
-        GROUP=hq // hkv, HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_M=cfg.block_m1, BLOCK_N=cfg.block_n1,
-        DOT_PRECISION=precision, WARP_SPECIALIZE=cfg.bwd_warp_specialize, num_warps=cfg.bwd_warps,
+        q,
+        k,
+        v,
+        do,
+        dk,
+        dv,
+        lse,
+        delta,
+        cu_q,
+        cu_k,
+        full_from,
+        seq_k,
+        tile_k,
+        q.stride(0),
+        q.stride(1),
+        k.stride(0),
+        k.stride(1),
+        v.stride(0),
+        v.stride(1),
+        do.stride(0),
+        do.stride(1),
+        dk.stride(0),
+        dk.stride(1),
+        dv.stride(0),
+        dv.stride(1),
+        total_q,
+        scale,
+        scale * LOG2E,
+        window,
+        keep_first,
+        GROUP=hq // hkv,
+        HEAD_DIM=head_dim,
+        BLOCK_D=block_d,
+        BLOCK_M=cfg.block_m1,
+        BLOCK_N=cfg.block_n1,
+        DOT_PRECISION=precision,
+        WARP_SPECIALIZE=cfg.bwd_warp_specialize,
+        num_warps=cfg.bwd_warps,
         num_stages=cfg.bwd_stages,
     )
     seq_q, tile_q = _tile_table(cu_q, cfg.block_m2, total_q)
     _bwd_dq_kernel[(hq, seq_q.numel())](
-        q, k, v, do, dq, lse, delta, cu_q, cu_k, full_from, seq_q, tile_q,
-        q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
-        do.stride(0), do.stride(1), dq.stride(0), dq.stride(1),
-        total_q, seq_q.numel(), scale, scale * LOG2E, window, keep_first,
-        GROUP=hq // hkv, HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_M=cfg.block_m2, BLOCK_N=cfg.block_n2,
-        DOT_PRECISION=precision, WARP_SPECIALIZE=cfg.bwd_warp_specialize, num_warps=cfg.bwd_warps,
+        q,
+        k,
+        v,
+        do,
+        dq,
+        lse,
+        delta,
+        cu_q,
+        cu_k,
+        full_from,
+        seq_q,
+        tile_q,
+        q.stride(0),
+        q.stride(1),
+        k.stride(0),
+        k.stride(1),
+        v.stride(0),
+        v.stride(1),
+        do.stride(0),
+        do.stride(1),
+        dq.stride(0),
+        dq.stride(1),
+        total_q,
+        seq_q.numel(),
+        scale,
+        scale * LOG2E,
+        window,
+        keep_first,
+        GROUP=hq // hkv,
+        HEAD_DIM=head_dim,
+        BLOCK_D=block_d,
+        BLOCK_M=cfg.block_m2,
+        BLOCK_N=cfg.block_n2,
+        DOT_PRECISION=precision,
+        WARP_SPECIALIZE=cfg.bwd_warp_specialize,
+        num_warps=cfg.bwd_warps,
         num_stages=cfg.bwd_stages,
     )
     return dq, dk, dv
@@ -539,22 +1011,37 @@ class SWAAAttnFunction(torch.autograd.Function):
         return dq, dk, dv, None, None, None, None, None, None, None
 
 
-def _value_checks_enabled() -> bool:
-    """Value checks read cu_seqlens on the host (a device sync): on by default, off inside
-    torch.compile / CUDA graph capture, and off where SWAA_ATTN_VALUE_CHECKS=0."""
-    if os.environ.get("SWAA_ATTN_VALUE_CHECKS", "1") == "0":
-        return False
-    if torch.compiler.is_compiling():
-        return False
-    return not (torch.cuda.is_available() and torch.cuda.is_current_stream_capturing())
+def _checks_values(q: torch.Tensor, check_values: bool | None) -> bool:
+    """Auto: read cu_seqlens on the host (a device sync) for CPU tensors only, never while compiling."""
+    if check_values is not None:
+        return check_values
+    return not q.is_cuda and not torch.compiler.is_compiling()
 
 
-def swaa_attn_varlen_triton(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, *,
-                            window=None, keep_first=0, full_from=None, softmax_scale=None,
-                            config: KernelConfig | None = None):
-    """The Triton kernel behind `swaa_attn_varlen_func` (same semantics); `config` overrides tiles."""
+def swaa_attn_varlen_triton(
+    q,
+    k,
+    v,
+    cu_seqlens_q,
+    cu_seqlens_k,
+    max_seqlen_q,
+    max_seqlen_k,
+    *,
+    window=None,
+    keep_first=0,
+    full_from=None,
+    softmax_scale=None,
+    check_values: bool | None = None,
+    config: KernelConfig | None = None,
+):
+    """The Triton kernel behind `swaa_attn_varlen_func` (same semantics). CPU tensors need the
+    Triton interpreter (TRITON_INTERPRET=1 before triton is imported).
+
+    check_values: validate cu_seqlens / max_seqlen on the host (a device sync on CUDA); None means
+    on for CPU tensors, off for CUDA ones. config overrides the tile shapes.
+    """
     kwargs = dict(window=window, keep_first=keep_first, full_from=full_from)
-    if not q.is_cuda or _value_checks_enabled():
+    if _checks_values(q, check_values):
         check_varlen_args(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, **kwargs)
     else:
         check_varlen_shapes(q, k, v, cu_seqlens_q, cu_seqlens_k, **kwargs)
@@ -570,6 +1057,7 @@ def swaa_attn_varlen_triton(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, m
     scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(q.shape[-1])
     if not scale > 0:
         raise ValueError(f"softmax_scale must be positive for the Triton kernel, got {softmax_scale!r}")
-    cfg = config or select_config(max(16, triton.next_power_of_2(q.shape[-1])), q.dtype)
-    return SWAAAttnFunction.apply(q, k, v, cu_seqlens_q.contiguous(), cu_seqlens_k.contiguous(),
-                                  full_from, window, keep_first, float(scale), cfg)
+    cfg = config or select_config(max(16, triton.next_power_of_2(q.shape[-1])), q.dtype, q.device.type)
+    return SWAAAttnFunction.apply(
+        q, k, v, cu_seqlens_q.contiguous(), cu_seqlens_k.contiguous(), full_from, window, keep_first, float(scale), cfg
+    )
