@@ -37,7 +37,7 @@ from transformers.masking_utils import AttentionMaskInterface, flash_attention_m
 from transformers.utils import logging
 
 import swaa_train
-from swaa_attn.dense import full_causal_varlen
+from swaa_attn import full_causal_varlen
 from swaa_train.attention import IGNORE_INDEX, apply_swaa
 from swaa_train.memory import (
     configure_training,
@@ -98,7 +98,7 @@ def sdpa_varlen_attention(module, query, key, value, attention_mask, scaling=Non
     """Full causal attention through torch SDPA (cuDNN first), one call per document of the packed row (B = 1).
 
     The baseline the SWAA kernel is measured against: no T x T mask, FlashAttention/cuDNN kernels,
-    through swaa_attn.dense, which also runs the recipe's full-attention layers on CUDA.
+    through swaa_attn.full_causal_varlen, which also runs the recipe's full-attention layers on CUDA.
     """
     cu = kwargs.get("cu_seq_lens_q")
     if cu is None:

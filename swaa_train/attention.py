@@ -18,8 +18,7 @@ import torch
 from transformers import AttentionInterface, PreTrainedModel
 from transformers.masking_utils import AttentionMaskInterface, flash_attention_mask
 
-from swaa_attn import swaa_attn_varlen_func
-from swaa_attn.dense import full_causal_varlen
+from swaa_attn import full_causal_varlen, swaa_attn_varlen_func
 
 from .swaa_config import SWAAConfig
 

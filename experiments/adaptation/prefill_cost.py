@@ -2,36 +2,27 @@
 as a fraction of full causal attention over the same prompts.
 
 During prefill every query is a prompt token (`full_from` = prompt length), so FA decode
-costs nothing here; a sliding layer computes, for query i, the last `window` keys (itself
-included) plus the sink keys that lie before that window, and a full layer i + 1 keys. The
-counts are closed forms of the mask of DESIGN.md (swaa_attn.visible); tests check them
-against it. Attention pairs are what the kernel's tile skipping saves; the projections and
-MLPs cost the same under every setting.
+costs nothing here. The pair counts are the kernel package's closed form of the mask
+(`swaa_attn.visible_pairs`). Attention pairs are what the kernel's tile skipping saves; the
+projections and MLPs cost the same under every setting.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 
+from swaa_attn import visible_pairs
 from swaa_train.swaa_config import SWAAConfig
 
 
 def causal_pairs(length: int) -> int:
     """Pairs (i, j), j <= i < length: full causal attention over one sequence."""
-    return length * (length + 1) // 2
+    return visible_pairs(length, length)
 
 
 def sliding_pairs(length: int, window: int | None, keep_first: int = 0) -> int:
     """Pairs visible in one sliding layer over a `length`-token prompt (full causal if window is None)."""
-    if window is None or window >= length:
-        return causal_pairs(length)
-    band = causal_pairs(window) + (length - window) * window  # min(i + 1, window) summed over i
-    # Query i >= window also sees sinks j < keep_first with j <= i - window: min(keep_first, i - window + 1).
-    beyond = length - window
-    sinks = (
-        causal_pairs(beyond) if beyond <= keep_first else causal_pairs(keep_first) + (beyond - keep_first) * keep_first
-    )
-    return band + sinks
+    return visible_pairs(length, length, window=window, keep_first=keep_first)
 
 
 def prefill_pairs(length: int, swaa: SWAAConfig, num_layers: int) -> int:
