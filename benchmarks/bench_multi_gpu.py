@@ -26,18 +26,11 @@ from transformers import TrainerCallback
 
 import swaa_train
 
-QWEN3_4B_SHAPE = dict(
-    hidden_size=2560,
-    num_hidden_layers=36,
-    num_attention_heads=32,
-    num_key_value_heads=8,
-    head_dim=128,
-    intermediate_size=9728,
-    vocab_size=151936,
-    max_position_embeddings=1 << 20,
-    tie_word_embeddings=True,
-    rope_parameters={"rope_type": "default", "rope_theta": 5_000_000.0},
-)
+if __package__ in (None, ""):  # run as a script: the benchmarks package from this checkout
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks.shapes import QWEN3_4B  # noqa: E402
+
+QWEN3_4B_SHAPE = {**QWEN3_4B, "max_position_embeddings": 1 << 20}
 
 
 def make_base(out: str) -> None:

@@ -26,6 +26,7 @@ import dataclasses
 import gc
 import json
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -37,6 +38,10 @@ from transformers.masking_utils import AttentionMaskInterface, flash_attention_m
 from transformers.utils import logging
 
 import swaa_train
+
+if __package__ in (None, ""):  # run as a script: the benchmarks package from this checkout
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks.shapes import QWEN3_4B  # noqa: E402
 from swaa_attn import full_causal_varlen
 from swaa_train.attention import IGNORE_INDEX, apply_swaa
 from swaa_train.memory import (
@@ -53,22 +58,6 @@ logger = logging.get_logger(__name__)
 GIB = 2**30
 RECIPE = "qwen3_swa2k"
 TINY_ASSETS = Path(swaa_train.__file__).resolve().parent / "assets" / "tiny-qwen3"
-# Qwen/Qwen3-4B-Instruct-2507's config.json, the parts that set the shapes and the arithmetic.
-QWEN3_4B = dict(
-    hidden_size=2560,
-    num_hidden_layers=36,
-    num_attention_heads=32,
-    num_key_value_heads=8,
-    head_dim=128,
-    intermediate_size=9728,
-    vocab_size=151936,
-    max_position_embeddings=262144,
-    rope_theta=5_000_000.0,
-    rms_norm_eps=1e-6,
-    tie_word_embeddings=True,
-    hidden_act="silu",
-    attention_bias=False,
-)
 FULL, RECIPE_SWAA, ALL_SWA = "full causal (SDPA)", "SWAA recipe", "SWA all layers"
 ATTENTIONS = (FULL, RECIPE_SWAA, ALL_SWA)
 ALL_ON = "defaults"

@@ -11,6 +11,7 @@ per-document FA-decode start from the `swaa_full_from` kwarg, then calls the var
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import json
 
@@ -23,6 +24,11 @@ from swaa_attn import full_causal_varlen, swaa_attn_varlen_func
 from .swaa_config import SWAAConfig
 
 ATTN_IMPLEMENTATION = "swaa"
+# The cache of the generation in progress (set by swaa_train.inference.generate_ids): transformers
+# passes no cache to attention functions, and this one needs to know, without reading the device,
+# whether a step is still the prompt and each row's prompt length. See SWAACache.
+GENERATION_CACHE: contextvars.ContextVar = contextvars.ContextVar("swaa_generation_cache", default=None)
+
 # The batch key (and forward kwarg) that carries each document's FA-decode start, `full_from`.
 FULL_FROM_KEY = "swaa_full_from"
 IGNORE_INDEX = -100  # labels of unsupervised tokens
@@ -126,16 +132,56 @@ def _to_varlen(query, key, value, attention_mask, kwargs):
     return flat(query), flat(key), flat(value), steps * q_len, steps * k_len, q_len, k_len, unflat
 
 
-def _full_from(kwargs, fa_decode: bool, cu_q: torch.Tensor, cu_k: torch.Tensor) -> torch.Tensor | None:
-    """Per-sequence start of the FA-decode region, or None (pure SWA)."""
-    if not fa_decode:
-        return None
+def _full_from(kwargs, query, key, cu_q, cu_k) -> torch.Tensor | None:
+    """Per-sequence start of the FA-decode region in a layer with FA decode.
+
+    From the `swaa_full_from` kwarg (training batches, explicit forwards), else from the cache
+    of `swaa_train.inference.generate_ids` (each row's prompt length), else, for a plain
+    `model.generate`, every query after the first forward is a generated token.
+    """
     full_from = kwargs.get(FULL_FROM_KEY)
     if full_from is not None:
         return full_from.to(device=cu_q.device, dtype=torch.int32).reshape(-1)
-    # Decoding with a cache (fewer queries than keys): every query is a generated token.
-    past = cu_k.diff() - cu_q.diff()
-    return past if bool((past > 0).any()) else None
+    cache = GENERATION_CACHE.get()
+    if cache is not None:
+        return cache.full_from(cu_q.device)
+    if query.shape[2] == key.shape[2]:  # no cached keys: the whole prompt
+        return None
+    return cu_k.diff() - cu_q.diff()  # each row's cached keys: its queries come after them
+
+
+def _sdpa_decode(query, key, value, attention_mask, scaling):
+    """One query per row that sees every key of its row (the padding aside): plain SDPA over
+    the cache, as transformers' own "sdpa" attention runs a decoding step. Returns (B, 1, H, D)."""
+    mask = None
+    if attention_mask is not None:
+        mask = attention_mask[:, -key.shape[2] :].bool()[:, None, None, :]
+    key, value = key.to(query.dtype), value.to(query.dtype)
+    out = torch.nn.functional.scaled_dot_product_attention(
+        query, key, value, attn_mask=mask, scale=scaling, enable_gqa=key.shape[1] != query.shape[1]
+    )
+    return out.transpose(1, 2)
+
+
+def _sees_every_cached_key(module, query, key, window, fa_decode) -> bool:
+    """A decoding step (one query per row, keys cached) in which that query sees all the keys:
+    full layers, FA-decode layers, and sliding layers whose cache keeps only sinks + window."""
+    if query.shape[2] != 1 or key.shape[2] == 1:
+        return False
+    cache = GENERATION_CACHE.get()
+    if cache is None:
+        return window is None or fa_decode
+    return cache.decoding(module.layer_idx)
+
+
+def _refuse_unsupported(module, kwargs) -> None:
+    """Attention arguments the kernel cannot honour are errors, not silently dropped."""
+    for name, what in (("softcap", "attention logit soft-capping"), ("s_aux", "learned attention sinks")):
+        if kwargs.get(name) is not None:
+            raise ValueError(
+                f"{type(module).__name__} uses {what} (`{name}`), which SWAA attention does not implement; "
+                "this model cannot be adapted with swaa-train"
+            )
 
 
 def swaa_attention_forward(
@@ -151,7 +197,10 @@ def swaa_attention_forward(
     """transformers attention function: (B, H, S, D) inputs, (B, S, H, D) output."""
     if dropout and module.training:
         raise ValueError(f"SWAA attention has no attention dropout; got dropout={dropout}")
+    _refuse_unsupported(module, kwargs)
     window, keep_first, fa_decode = layer_settings(module)
+    if _sees_every_cached_key(module, query, key, window, fa_decode):
+        return _sdpa_decode(query, key, value, attention_mask, scaling), None
     if window is None and _one_causal_block(query, key, attention_mask, kwargs):
         return _sdpa_causal(query, key, value, scaling), None
     # Under autocast the normed q/k of an fp32 model stay fp32 while v comes out of a linear
@@ -170,7 +219,7 @@ def swaa_attention_forward(
         max_k,
         window=window,
         keep_first=keep_first,
-        full_from=_full_from(kwargs, fa_decode and window is not None, cu_q, cu_k),
+        full_from=_full_from(kwargs, query, key, cu_q, cu_k) if fa_decode and window is not None else None,
         softmax_scale=scaling,
     )
     return scatter_back(out), None

@@ -87,7 +87,7 @@ def add_generation_args(parser: argparse.ArgumentParser, max_new_tokens: int) ->
     parser.add_argument("--max-new-tokens", type=int, default=max_new_tokens)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--dtype", default="auto", help="auto, bfloat16, float16 or float32")
-    parser.add_argument("--device", default=None, help="e.g. cuda; default: where the model loads")
+    parser.add_argument("--device", default=None, help="e.g. cuda:1 or cpu; default: the GPU when there is one")
 
 
 def eval_main(argv: list[str]) -> None:

@@ -7,6 +7,7 @@ from the synthetic long-context QA text, so the demo and the tests need no downl
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
@@ -100,5 +101,12 @@ def build_demo_assets(out_dir: str | Path = TINY_QWEN3_DIR, vocab_size: int = 20
     out_dir = Path(out_dir)
     tokenizer = train_tokenizer(tokenizer_corpus(seed=seed), vocab_size=vocab_size)
     tokenizer.save_pretrained(out_dir)
+    # Name the class every transformers release knows (5.x writes its own "TokenizersBackend",
+    # which 4.x loaders of an exported model cannot resolve).
+    config_path = out_dir / "tokenizer_config.json"
+    tokenizer_config = json.loads(config_path.read_text())
+    tokenizer_config["tokenizer_class"] = "PreTrainedTokenizerFast"
+    tokenizer_config["additional_special_tokens"] = tokenizer_config.pop("extra_special_tokens")  # a list in 4.x
+    config_path.write_text(json.dumps(tokenizer_config, indent=2, ensure_ascii=False) + "\n")
     tiny_qwen3_config(tokenizer).save_pretrained(out_dir)
     return out_dir

@@ -10,6 +10,7 @@ renamed at the end, so a failure leaves no half-written model behind.
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 from pathlib import Path
@@ -54,6 +55,62 @@ print(generate(model, tokenizer, ["..."]))
 """
 
 
+# The files a tokenizer is made of, in any of the layouts transformers 4.x and 5.x write.
+TOKENIZER_FILE_NAMES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.json",
+    "vocab.txt",
+    "merges.txt",
+    "tokenizer.model",
+    "spiece.model",
+    "chat_template.jinja",
+    "chat_template.json",
+)
+
+
+def add_legacy_config_keys(config_path: Path) -> None:
+    """Write the RoPE keys older loaders read beside transformers 5's `rope_parameters`.
+
+    transformers 4.57 (the stack of the SWAA reference code and of its vLLM 0.11 patch) reads
+    `rope_theta` and `rope_scaling` only; without them it silently falls back to rope_theta
+    10000 (Qwen3-4B-2507 needs 5,000,000).
+    """
+    config = json.loads(config_path.read_text())
+    for section in [config, *(v for v in config.values() if isinstance(v, dict) and "rope_parameters" in v)]:
+        rope = section.get("rope_parameters")
+        if not isinstance(rope, dict) or "rope_theta" not in rope:
+            continue
+        section.setdefault("rope_theta", rope["rope_theta"])
+        scaling = {k: v for k, v in rope.items() if k != "rope_theta"}
+        section.setdefault("rope_scaling", None if scaling.get("rope_type", "default") == "default" else scaling)
+    if "dtype" in config:
+        config.setdefault("torch_dtype", config["dtype"])
+    config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
+def copy_tokenizer_files(source: str, out: Path) -> bool:
+    """Copy the tokenizer files of the base (a local directory or a Hub repo) unchanged; False if
+    there are none to copy."""
+    source_dir = Path(source)
+    if not source_dir.is_dir():
+        try:
+            from huggingface_hub import snapshot_download
+
+            source_dir = Path(snapshot_download(source, allow_patterns=list(TOKENIZER_FILE_NAMES)))
+        except Exception as err:  # offline or not a Hub repo: the tokenizer is re-saved instead
+            logger.warning("Tokenizer files of %s not copied (%s): re-saving the tokenizer", source, err)
+            return False
+    names = [n for n in TOKENIZER_FILE_NAMES if (source_dir / n).is_file()] if source_dir.is_dir() else []
+    if not any(n in names for n in ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt")):
+        return False
+    for name in names:
+        shutil.copy2(source_dir / name, out / name)
+    return True
+
+
 def _write_merged(adapter_dir: Path, base_model: str, swaa: SWAAConfig, out: Path, dtype: str) -> None:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -65,8 +122,10 @@ def _write_merged(adapter_dir: Path, base_model: str, swaa: SWAAConfig, out: Pat
     merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
     merged.config.get_text_config().swaa_config = swaa.to_dict()
     merged.save_pretrained(out)
-    tokenizer_source = adapter_dir if has_tokenizer(adapter_dir) else base_model
-    AutoTokenizer.from_pretrained(str(tokenizer_source)).save_pretrained(out)
+    add_legacy_config_keys(out / "config.json")
+    if not copy_tokenizer_files(base_model, out):  # the base's files as they were, else the adapter's
+        tokenizer_source = adapter_dir if has_tokenizer(adapter_dir) else base_model
+        AutoTokenizer.from_pretrained(str(tokenizer_source)).save_pretrained(out)
     swaa.save(out)
     (out / "README.md").write_text(merged_model_card(swaa, base_model, str(adapter_dir)))
 

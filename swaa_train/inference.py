@@ -17,13 +17,17 @@ import dataclasses
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.cache_utils import Cache, DynamicCache, DynamicLayer, DynamicSlidingWindowLayer
+from transformers.generation import utils as generation_utils
 from transformers.utils import logging
 
-from .attention import ATTN_IMPLEMENTATION, apply_swaa, register_swaa_attention
+from .attention import ATTN_IMPLEMENTATION, GENERATION_CACHE, apply_swaa, register_swaa_attention
 from .model import DTYPES
 from .swaa_config import SWAAConfig, find_swaa_config, has_tokenizer, is_adapter_dir, resolve_base_model
 
 logger = logging.get_logger(__name__)
+
+# The generate() keyword of a user-made cache: `cache` from transformers 5.2x on, `past_key_values` before.
+CACHE_KWARG = "cache" if "cache" in getattr(generation_utils, "ALL_CACHE_NAMES", ()) else "past_key_values"
 
 
 # ------------------------------------------------------------------------------------------
@@ -103,8 +107,15 @@ def _layer_bytes(layer) -> tuple[int, int]:
 
 
 class SWAACache(DynamicCache):
-    """One cache layer per model layer: `SinkWindowLayer` where the layer never attends past
-    window + sinks (sliding, FA decode off), a full `DynamicLayer` elsewhere."""
+    """The KV cache of a SWAA generation.
+
+    One cache layer per model layer: `SinkWindowLayer` where the layer never attends past
+    window + sinks (sliding, FA decode off), a full `DynamicLayer` elsewhere. The cache also
+    knows the prompt: its (left-padded) length and each row's padding, so every prompt token is
+    computed under window + sinks however the prompt arrives (one forward, chunks, or a cache
+    reused from an earlier call) and only tokens after it get FA decode. All of this is host
+    bookkeeping: the attention function reads it without a device sync.
+    """
 
     def __init__(self, swaa: SWAAConfig, num_layers: int, pad_lengths: torch.Tensor | None = None):
         layers = []
@@ -115,6 +126,47 @@ class SWAACache(DynamicCache):
             else:
                 layers.append(DynamicLayer())
         Cache.__init__(self, layers=layers)
+        self.pad_lengths = pad_lengths  # (rows,) left padding of each prompt row
+        self.prompt_length: int | None = None  # padded length of the prompt; None: not generating
+        self.seen_before = [0] * num_layers  # tokens each layer held before its current step
+
+    def set_prompt(self, attention_mask: torch.Tensor) -> None:
+        """The prompt of the next generation: the whole (left-padded) input, cached part included."""
+        self.prompt_length = attention_mask.shape[1]
+        self._set_pad_lengths(left_pad_lengths(attention_mask))
+
+    def _set_pad_lengths(self, pad: torch.Tensor) -> None:
+        self.pad_lengths = pad
+        for layer in self.layers:
+            if isinstance(layer, SinkWindowLayer):
+                layer.pad_lengths = pad
+
+    def update(self, key_states, value_states, layer_idx: int, *args, **kwargs):
+        rows = key_states.shape[0]
+        if self.pad_lengths is not None and self.pad_lengths.shape[0] != rows:
+            # generate() repeated every prompt (beams, num_return_sequences) before the first step.
+            self._set_pad_lengths(self.pad_lengths.repeat_interleave(rows // self.pad_lengths.shape[0]))
+        self.seen_before[layer_idx] = self.layers[layer_idx].get_seq_length()
+        return super().update(key_states, value_states, layer_idx, *args, **kwargs)
+
+    def decoding(self, layer_idx: int) -> bool:
+        """Whether the step `layer_idx` is computing lies wholly after the prompt."""
+        return self.prompt_length is not None and self.seen_before[layer_idx] >= self.prompt_length
+
+    def full_from(self, device) -> torch.Tensor:
+        """Each row's FA-decode start among its real tokens: its prompt length."""
+        pad = self.pad_lengths if self.pad_lengths is not None else torch.zeros(1, dtype=torch.long)
+        return (self.prompt_length - pad).to(device=device, dtype=torch.int32)
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        super().batch_repeat_interleave(repeats)
+        if self.pad_lengths is not None:
+            self.pad_lengths = self.pad_lengths.repeat_interleave(repeats, dim=0)
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        super().batch_select_indices(indices)
+        if self.pad_lengths is not None:
+            self.pad_lengths = self.pad_lengths[indices.to(self.pad_lengths.device)]
 
     def memory_report(self) -> dict:
         held, full = zip(*(_layer_bytes(layer) for layer in self.layers)) if self.layers else ((0,), (0,))
@@ -146,6 +198,15 @@ def set_swaa(model, swaa: SWAAConfig):
     """Switch a (possibly PEFT-wrapped) model to the SWAA settings `swaa`, in place."""
     apply_swaa(base_of(model), swaa)
     return model
+
+
+def default_device(device: str | None = None) -> torch.device:
+    """The device asked for, else the GPU when there is one (never the CPU of a GPU machine)."""
+    if device is not None:
+        return torch.device(device)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    return torch.device("cpu")
 
 
 def load_swaa_model(
@@ -180,8 +241,7 @@ def load_swaa_model(
         logger.warning("No swaa_config.json found for %s: running full attention", adapter or model)
         swaa = SWAAConfig()
     set_swaa(loaded, swaa).eval()
-    if device is not None:
-        loaded.to(device)
+    loaded.to(default_device(device))
     tokenizer = AutoTokenizer.from_pretrained(adapter if adapter and has_tokenizer(adapter) else model)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -213,31 +273,42 @@ def generate_ids(
     attention_mask: torch.Tensor | None = None,
     max_new_tokens: int = 32,
     use_cache: bool = True,
+    past_key_values: SWAACache | None = None,
     **generate_kwargs,
 ) -> Generation:
-    """Greedy (unless told otherwise) generation of left-padded prompts under the model's SWAA settings."""
+    """Generation (greedy unless told otherwise) of left-padded prompts under the model's SWAA settings.
+
+    Any of transformers' generation options works (beams, sampling, `num_return_sequences`,
+    `prefill_chunk_size`); `past_key_values` may be a `SWAACache` from an earlier call whose
+    tokens `input_ids` starts with (prefix reuse).
+    """
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids)
     num_layers = model.config.get_text_config().num_hidden_layers
     generate_kwargs.setdefault("do_sample", False)
-    repeats = generate_kwargs.get("num_return_sequences", 1)
     swaa, cache = swaa_of(model), None
     if use_cache:
-        pad = left_pad_lengths(attention_mask).repeat_interleave(repeats)
-        cache = SWAACache(swaa, num_layers, pad)
-        generate_kwargs["past_key_values"] = cache
+        cache = past_key_values if past_key_values is not None else SWAACache(swaa, num_layers)
+        if not isinstance(cache, SWAACache):
+            raise ValueError(f"past_key_values must be a SWAACache (from an earlier generate_ids), got {type(cache)}")
+        cache.set_prompt(attention_mask)
+        generate_kwargs[CACHE_KWARG] = cache
     elif any(swaa.layer_window(i) is not None and swaa.layer_fa_decode(i) for i in range(num_layers)):
         # Recomputing the whole sequence, the attention cannot tell generated tokens from the
         # prompt, and generate() refuses the swaa_full_from kwarg that would tell it.
         raise ValueError("use_cache=False cannot apply FA decode through generate(); use the KV cache")
-    with torch.no_grad():
-        out = model.generate(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            max_new_tokens=max_new_tokens,
-            use_cache=use_cache,
-            **generate_kwargs,
-        )
+    token = GENERATION_CACHE.set(cache)
+    try:
+        with torch.no_grad():
+            out = model.generate(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                max_new_tokens=max_new_tokens,
+                use_cache=use_cache,
+                **generate_kwargs,
+            )
+    finally:
+        GENERATION_CACHE.reset(token)
     memory = cache.memory_report() if cache is not None else None
     if memory:
         logger.debug(describe_memory(memory))

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from swaa_train.attention import apply_swaa
 from swaa_train.export import merge_adapter
@@ -79,7 +79,7 @@ def test_interrupted_merge_leaves_nothing(adapter_dir, tmp_path, monkeypatch):
     def fail(*args, **kwargs):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(PreTrainedTokenizerBase, "save_pretrained", fail)
+    monkeypatch.setattr("swaa_train.export.copy_tokenizer_files", fail)  # after the weights are written
     parent = tmp_path / "exports"
     with pytest.raises(RuntimeError, match="disk full"):
         merge_adapter(adapter_dir, parent / "merged")

@@ -132,3 +132,105 @@ def test_short_row_keeps_a_plain_suffix_until_it_outgrows_the_cache():
 def test_right_padding_is_refused():
     with pytest.raises(ValueError, match="left-padded"):
         left_pad_lengths(torch.tensor([[1, 1, 0]]))
+
+
+# ------------------------------------------------------------------------------------------
+# The paths users take: chunked prefill, a reused cache, beams and several returns per prompt
+# ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("setting", ["swa+sinks+fa_decode+interleave", "swa+sinks", "fa_decode_on_layer0_only"])
+@pytest.mark.parametrize("lengths", [[21], [21, 12, 4]], ids=["one", "left-padded"])
+def test_chunked_prefill_equals_one_shot_prefill(setting, lengths):
+    model = _model(SETTINGS[setting])
+    ids, mask = _left_padded(lengths)
+    expected = greedy_without_cache(model, ids, mask, steps=6)
+    one_shot = generate_ids(model, ids, mask, max_new_tokens=6).sequences
+    chunked = generate_ids(model, ids, mask, max_new_tokens=6, prefill_chunk_size=4).sequences
+    assert torch.equal(one_shot, expected)
+    assert torch.equal(chunked, expected)
+
+
+@torch.no_grad()
+def test_chunked_prefill_logits_match_one_shot():
+    """The issue's check: next-token logits after a chunked prefill equal a one-shot prefill's."""
+    model = _model(SETTINGS["swa+sinks+fa_decode+interleave"])
+    ids, _ = _left_padded([33], seed=3)
+    full_from = torch.tensor([33], dtype=torch.int32)
+    reference = model(input_ids=ids, swaa_full_from=full_from, use_cache=False).logits[:, -1]
+    cache = SWAACache(SETTINGS["swa+sinks+fa_decode+interleave"], 3)
+    cache.set_prompt(torch.ones_like(ids))
+    from swaa_train.attention import GENERATION_CACHE
+
+    token = GENERATION_CACHE.set(cache)
+    try:
+        for start in range(0, 33, 16):  # chunks of 16, 16, 1: the last one is one prompt token
+            logits = model(input_ids=ids[:, start : start + 16], past_key_values=cache, use_cache=True).logits
+    finally:
+        GENERATION_CACHE.reset(token)
+    torch.testing.assert_close(logits[:, -1], reference, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("setting", ["swa+sinks+fa_decode+interleave", "swa+sinks"])
+def test_reused_cache_continues_like_one_shot(setting):
+    model = _model(SETTINGS[setting])
+    ids, mask = _left_padded([30, 17], seed=5)
+    prefix = 19
+    cache = SWAACache(SETTINGS[setting], 3)
+    # A first call that only prefills the prefix (its one generated token is not cached).
+    generate_ids(model, ids[:, :prefix], mask[:, :prefix], max_new_tokens=1, past_key_values=cache)
+    assert all(layer.get_seq_length() == prefix for layer in cache.layers)
+    reused = generate_ids(model, ids, mask, max_new_tokens=6, past_key_values=cache).sequences
+    assert torch.equal(reused, greedy_without_cache(model, ids, mask, steps=6))
+
+
+@pytest.mark.parametrize("setting", ["swa+sinks+fa_decode+interleave", "swa+sinks"])
+def test_beam_search_over_a_padded_batch_matches_each_prompt_alone(setting):
+    model = _model(SETTINGS[setting])
+    ids, mask = _left_padded([21, 9], seed=7)
+    options = dict(max_new_tokens=5, num_beams=3, num_return_sequences=2)
+    batched = generate_ids(model, ids, mask, **options).sequences
+    assert batched.shape == (4, 5)
+    for row, n in enumerate([21, 9]):
+        alone = generate_ids(model, ids[row : row + 1, -n:], None, **options).sequences
+        assert torch.equal(batched[2 * row : 2 * row + 2], alone), row
+
+
+def test_sampling_several_returns_per_padded_prompt():
+    model = _model(SETTINGS["swa+sinks"])
+    ids, mask = _left_padded([21, 9], seed=8)
+    out = generate_ids(model, ids, mask, max_new_tokens=4, do_sample=True, num_return_sequences=3).sequences
+    assert out.shape == (6, 4) and int(out.min()) >= 0
+
+
+def test_attention_arguments_the_kernel_cannot_honour_are_refused():
+    from swaa_train.attention import swaa_attention_forward
+
+    model = _model(SETTINGS["swa+sinks"])
+    layer = model.model.layers[0].self_attn
+    q = torch.randn(1, 4, 6, 16)
+    kv = torch.randn(1, 2, 6, 16)
+    for name in ("softcap", "s_aux"):
+        with pytest.raises(ValueError, match=f"Qwen3Attention uses .*`{name}`"):
+            swaa_attention_forward(layer, q, kv, kv, None, scaling=0.25, **{name: torch.ones(1)})
+
+
+def test_generation_defaults_to_the_gpu_when_there_is_one(monkeypatch):
+    from swaa_train.inference import default_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert default_device() == torch.device("cuda")
+    assert default_device("cpu") == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert default_device() == torch.device("cpu")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("setting", sorted(SETTINGS))
+def test_generation_on_cuda_matches_recomputation(setting):
+    """On CUDA the prompt goes through the Triton kernel and decoding through SDPA over the
+    cache: chunked, batched generation still equals recomputing everything (fp32)."""
+    model = _model(SETTINGS[setting]).cuda()
+    ids, mask = (t.cuda() for t in _left_padded([40, 23, 9], seed=11))
+    expected = greedy_without_cache(model, ids, mask, steps=6)
+    assert torch.equal(generate_ids(model, ids, mask, max_new_tokens=6).sequences, expected)
+    assert torch.equal(generate_ids(model, ids, mask, max_new_tokens=6, prefill_chunk_size=8).sequences, expected)

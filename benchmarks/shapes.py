@@ -1,0 +1,22 @@
+"""Model shapes the benchmarks build from configs (random init, nothing downloaded)."""
+
+from __future__ import annotations
+
+# Qwen/Qwen3-4B-Instruct-2507's config.json, the parts that set the shapes and the arithmetic.
+QWEN3_4B = dict(
+    hidden_size=2560,
+    num_hidden_layers=36,
+    num_attention_heads=32,
+    num_key_value_heads=8,
+    head_dim=128,
+    intermediate_size=9728,
+    vocab_size=151936,
+    max_position_embeddings=262144,
+    rope_parameters={"rope_type": "default", "rope_theta": 5_000_000.0},
+    rms_norm_eps=1e-6,
+    tie_word_embeddings=True,
+    hidden_act="silu",
+    attention_bias=False,
+)
+# The recipe qwen3_swa2k's SWAA settings on that shape: every 4th layer keeps full attention.
+QWEN3_4B_FULL_LAYERS = list(range(1, 36, 4))
