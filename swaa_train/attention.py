@@ -235,8 +235,9 @@ def _one_causal_block(query, key, attention_mask, kwargs) -> bool:
     cu = kwargs.get("cu_seq_lens_q")
     if cu is not None:
         return query.shape[0] == 1 and cu.numel() == 2
-    # A single row with position_ids may be a pack whose documents restart at 0 (see _to_varlen).
-    return query.shape[0] > 1 or kwargs.get("position_ids") is None
+    # A single row with position_ids may be a pack whose documents restart at 0 (see _to_varlen),
+    # unless it is the prompt of a generation.
+    return query.shape[0] > 1 or kwargs.get("position_ids") is None or GENERATION_CACHE.get() is not None
 
 
 def _sdpa_causal(query, key, value, scaling):

@@ -50,10 +50,34 @@ class SinkWindowLayer(DynamicSlidingWindowLayer):
         self.keep_first = keep_first
         self.capacity = keep_first + sliding_window - 1  # keys kept between steps
         self.pad_lengths = pad_lengths  # (batch,) left padding per row; None: no padding
+        self._max_pad: int | None = None  # host copy of pad_lengths.max(), read once per prompt
+
+    @property
+    def pad_lengths(self) -> torch.Tensor | None:
+        return self._pad_lengths
+
+    @pad_lengths.setter
+    def pad_lengths(self, value: torch.Tensor | None) -> None:
+        self._pad_lengths, self._max_pad = value, None
+
+    def _every_row_full(self) -> bool:
+        """Whether every row has more real tokens than the cache keeps ([sinks, window] layout)."""
+        if self._max_pad is None:
+            self._max_pad = int(self.pad_lengths.max()) if self.pad_lengths is not None else 0
+        return self.cumulative_length - self._max_pad >= self.capacity
 
     def update(self, key_states, value_states, *args, **kwargs):
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
+        if key_states.shape[-2] == 1 and self.keys.shape[-2] == self.capacity and self._every_row_full():
+            # A decoding step past the window: the oldest window key leaves, the sinks stay.
+            self.cumulative_length += 1
+            keys = torch.cat([self.keys, key_states], dim=-2)
+            values = torch.cat([self.values, value_states], dim=-2)
+            kf = self.keep_first
+            self.keys = torch.cat([keys[..., :kf, :], keys[..., kf + 1 :, :]], dim=-2)
+            self.values = torch.cat([values[..., :kf, :], values[..., kf + 1 :, :]], dim=-2)
+            return keys, values
         self.cumulative_length += key_states.shape[-2]
         keys = torch.cat([self.keys, key_states], dim=-2)
         values = torch.cat([self.values, value_states], dim=-2)
