@@ -56,6 +56,23 @@ def merge_main(argv: list[str]) -> None:
     merge_adapter(args.adapter_dir, args.out_dir, base_model=args.base, dtype=args.dtype, overwrite=args.overwrite)
 
 
+def serve_args_main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(
+        prog="swaa-train serve-args",
+        description="Print the command that serves a merged folder with the SWAA reference code's vLLM server.",
+    )
+    parser.add_argument("folder", help="merged model directory (with swaa_config.json)")
+    args = parser.parse_args(argv)
+    import shlex
+
+    from .export import reference_serve_args
+
+    try:
+        print(shlex.join(reference_serve_args(args.folder)))
+    except ValueError as err:
+        parser.error(str(err))
+
+
 def push_main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(
         prog="swaa-train push", description="Upload an adapter or merged directory (with its card) to the Hub."
@@ -145,7 +162,14 @@ def distill_main(argv: list[str]) -> None:
     print(f"{stats['judged_correct']}/{stats['rows']} responses judged correct -> {stats['out_path']}")
 
 
-COMMANDS = {"train": train_main, "merge": merge_main, "push": push_main, "eval": eval_main, "distill": distill_main}
+COMMANDS = {
+    "train": train_main,
+    "merge": merge_main,
+    "push": push_main,
+    "eval": eval_main,
+    "distill": distill_main,
+    "serve-args": serve_args_main,
+}
 
 
 def setup_logging() -> None:

@@ -175,3 +175,22 @@ def merge_adapter(
         raise
     logger.info("Merged model (SWAA: %s) written to %s", swaa.describe(), out)
     return out
+
+
+def reference_serve_args(folder: str | Path) -> list[str]:
+    """The command line of the SWAA reference code's vLLM server (`serve_swaa.py`, vLLM 0.11 with
+    transformers 4.57) for a merged folder, from its swaa_config.json."""
+    swaa = find_swaa_config(folder)
+    if swaa is None:
+        raise ValueError(f"folder: {folder} has no {SWAA_CONFIG_NAME} (nor a swaa_config entry in config.json)")
+    if isinstance(swaa.force_fa_decode, list):
+        raise ValueError(
+            f"force_fa_decode: the reference server takes true or false, not the layer list {swaa.force_fa_decode}"
+        )
+    args = ["python", "serve_swaa.py", "--model", str(folder), "--enforce-eager"]
+    if swaa.sliding_window_size is not None:
+        args += ["--sliding-window-size", str(swaa.sliding_window_size), "--keep-first", str(swaa.keep_first)]
+        args += ["--force-fa-decode", str(bool(swaa.force_fa_decode))]
+        if swaa.non_sliding_layers:
+            args += ["--non-sliding-layers", ",".join(map(str, swaa.non_sliding_layers))]
+    return args

@@ -90,3 +90,25 @@ def test_merged_model_loads_in_transformers_457_with_the_same_tokens_and_logits(
     with torch.no_grad():
         logits = model(ids).logits
     torch.testing.assert_close(legacy["logits"], logits, atol=1e-4, rtol=1e-4)
+
+
+def test_serve_args_follow_the_folders_swaa_config(tmp_path, capsys):
+    from swaa_train.cli import main
+    from swaa_train.swaa_config import SWAAConfig
+
+    folder = tmp_path / "merged"
+    SWAAConfig(2048, 100, True, [1, 3, 5]).save(folder)
+    main(["serve-args", str(folder)])
+    printed = capsys.readouterr().out.split()
+    assert printed[:5] == ["python", "serve_swaa.py", "--model", str(folder), "--enforce-eager"]
+    flags = dict(zip(printed[5::2], printed[6::2]))
+    assert flags == {
+        "--sliding-window-size": "2048",
+        "--keep-first": "100",
+        "--force-fa-decode": "True",
+        "--non-sliding-layers": "1,3,5",
+    }
+    SWAAConfig(2048, 100, [0, 2], []).save(folder)  # per-layer FA decode: the reference cannot serve it
+    with pytest.raises(SystemExit):
+        main(["serve-args", str(folder)])
+    assert "force_fa_decode" in capsys.readouterr().err
