@@ -117,12 +117,13 @@ def _to_varlen(query, key, value, attention_mask, kwargs):
             flat(value)[idx_k],
             _cumulative(len_q),
             _cumulative(len_k),
-            int(len_q.max()),
-            int(len_k.max()),
+            q_len,  # bounds of the longest row: no host read of the lengths
+            k_len,
             scatter_back,
         )
     position_ids = kwargs.get("position_ids")
-    if position_ids is not None and batch == 1 and q_len == k_len and q_len > 1:
+    packed = GENERATION_CACHE.get() is None  # a generation's row is one sequence, never a pack
+    if packed and position_ids is not None and batch == 1 and q_len == k_len and q_len > 1:
         cu, max_len = _boundaries_from_position_ids(position_ids)
         unflat = lambda out: out.view(1, q_len, *out.shape[1:])  # noqa: E731
         return flat(query), flat(key), flat(value), cu, cu, max_len, max_len, unflat
