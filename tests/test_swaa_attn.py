@@ -10,6 +10,7 @@ comparison.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -25,7 +26,7 @@ from swaa_attn import (
     visible_pairs,
     visible_pairs_varlen,
 )
-from swaa_attn.ops import KernelConfig, swaa_attn_varlen_triton
+from swaa_attn.ops import KernelConfig, select_config, swaa_attn_varlen_triton
 
 HAS_CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if HAS_CUDA else "cpu"
@@ -191,6 +192,35 @@ def test_tile_shapes(block_m, block_n, block_m1, block_n1, block_m2, block_n2):
         block_m=block_m, block_n=block_n, block_m1=block_m1, block_n1=block_n1, block_m2=block_m2, block_n2=block_n2
     )
     run_and_compare([100, 1, 50], [130, 1, 50], window=13, keep_first=21, full_from=[90, 0, 25], config=cfg)
+
+
+# dQ through atomics in the dK/dV kernel; tiles through TMA descriptors; dQ by TMA reduce-add.
+@pytest.mark.parametrize(
+    "variant",
+    [
+        {"bwd_fused": True},
+        {"fwd_tma": True, "bwd_tma": True},
+        {"fwd_tma": True, "bwd_tma": True, "bwd_fused": True},
+        {"bwd_fused": True, "dq_tma": True},
+    ],
+    ids=["fused", "tma", "tma-fused", "fused-dq-tma"],
+)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_kernel_variants(variant, dtype):
+    if variant.get("dq_tma") and not HAS_CUDA:
+        pytest.skip("the Triton interpreter has no TMA reduce-add")
+    cfg = dataclasses.replace(select_config(64, dtype, DEVICE), **variant)
+    run_and_compare(
+        [100, 1, 50],
+        [130, 1, 50],
+        hq=4,
+        hkv=2,
+        dtype=dtype,
+        window=13,
+        keep_first=21,
+        full_from=[90, 0, 25],
+        config=cfg,
+    )
 
 
 @settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
