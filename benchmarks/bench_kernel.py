@@ -221,6 +221,8 @@ SWEEP = {
             "ptr 128x128 w8 s3": _tiles(128, 128, 8, 3),
             "tma 128x128 w8 s3": _tiles(128, 128, 8, 3, fwd_tma=True),
             "tma 128x64 w8 s3": _tiles(128, 64, 8, 3, fwd_tma=True),
+            "tma 64x64 w4 s2": _tiles(64, 64, 4, 2, fwd_tma=True),  # two programs fit on one SM
+            "tma 64x64 w4 s3": _tiles(64, 64, 4, 3, fwd_tma=True),
         },
         {
             "ptr 2 kernels 64x128 w8 s3": _bwd(64, 128, 8, 3),
@@ -235,6 +237,7 @@ SWEEP = {
             "tma 128x128 w8 s3": _tiles(128, 128, 8, 3, fwd_tma=True),
             "tma 128x64 w4 s3": _tiles(128, 64, 4, 3, fwd_tma=True),
             "tma 64x128 w4 s3": _tiles(64, 128, 4, 3, fwd_tma=True),
+            "tma 64x64 w4 s3": _tiles(64, 64, 4, 3, fwd_tma=True),
         },
         {
             "ptr 2 kernels 64x128 w4 s3": _bwd(64, 128, 4, 3),
@@ -262,7 +265,7 @@ def _error(got, want):
     return max(((g.float() - w.float()).norm() / w.float().norm()).item() for g, w in zip(got, want))
 
 
-def sweep(name: str, rows: list) -> KernelConfig:
+def sweep(name: str, rows: list, forward_only: bool = False) -> KernelConfig:
     """Time `name` under the variants of its head dim; return the fastest forward + backward configuration."""
     case = CASES[name]
     fwd_variants, bwd_variants = SWEEP[case.head_dim]
@@ -288,13 +291,13 @@ def sweep(name: str, rows: list) -> KernelConfig:
         return ms
 
     first = dataclasses.replace(BASE, **next(iter(fwd_variants.values())), **next(iter(bwd_variants.values())))
-    reference = {
-        False: _run(case, first, q, k, v, cu, full_from),
-        True: _run(case, first, q, k, v, cu, full_from, grad),
-    }
+    backward = not (case.fwd_only or forward_only)
+    reference = {False: _run(case, first, q, k, v, cu, full_from)}
+    if backward:
+        reference[True] = _run(case, first, q, k, v, cu, full_from, grad)
     times = {label: trial(label, dataclasses.replace(first, **fields), False) for label, fields in fwd_variants.items()}
     best = dataclasses.replace(first, **fwd_variants[min(times, key=times.get)])
-    if not case.fwd_only:
+    if backward:
         times = {
             label: trial(label, dataclasses.replace(best, **fields), True) for label, fields in bwd_variants.items()
         }
@@ -363,18 +366,19 @@ def main(argv=None):
     )
     parser.add_argument("--warm", action="store_true", help="compile the variants and FlexAttention in parallel first")
     parser.add_argument("--warm-only", action="store_true", help="only compile (--warm), time nothing")
+    parser.add_argument("--sweep-forward-only", action="store_true", help="sweep the forward variants only")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         raise SystemExit("bench_kernel.py needs CUDA")
     print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, triton {triton.__version__}, bf16", flush=True)
-    names, swept = args.cases.split(","), [n for n in args.sweep.split(",") if n]
+    names, swept = [n for n in args.cases.split(",") if n], [n for n in args.sweep.split(",") if n]
     if args.warm or args.warm_only:
         warm(swept + [n for n in names if n not in swept])
     if args.warm_only:
         return
     sweep_rows, configs = [], {}
     for name in swept:
-        configs[CASES[name].head_dim] = sweep(name, sweep_rows)
+        configs[CASES[name].head_dim] = sweep(name, sweep_rows, args.sweep_forward_only)
     rows = []
     for name in names:
         bench_case(name, rows, configs.get(CASES[name].head_dim))

@@ -37,6 +37,8 @@ try:  # host-side TMA descriptors (triton >= 3.4)
     from triton.tools.tensor_descriptor import TensorDescriptor
 except ImportError:  # pragma: no cover
     TensorDescriptor = None
+# TMA bulk reduce-add from a descriptor (the fused backward's dq_tma) came later than TMA loads.
+_HAS_TMA_REDUCE = hasattr(getattr(tl.core, "tensor_descriptor_base", None), "atomic_add")
 
 # Stand-in for "no limit" (window None, full_from None); positions stay far below it.
 UNBOUNDED = 1 << 30
@@ -501,11 +503,21 @@ class KernelConfig:
     dq_tma: bool = False  # the fused dQ added by TMA bulk reduce-add instead of element atomics
 
 
-# Keyed on the padded head dim; chosen on an H200 (benchmarks/KERNEL_NOTES.md): the shapes whose
-# registers fit without spilling, TMA tiles, dQ from the dK/dV kernel.
+# Keyed on the padded head dim: the fastest of benchmarks/bench_kernel.py's sweep on an H200 (triton 3.6,
+# benchmarks/KERNEL_NOTES.md); every shape is one whose registers fit without spilling.
 GPU_CONFIGS = {
-    64: KernelConfig(block_m1=32, block_n1=128, fwd_tma=True, bwd_tma=True, bwd_fused=True),
-    128: KernelConfig(block_m1=32, block_n1=128, bwd_stages=2, fwd_tma=True, bwd_tma=True, bwd_fused=True),
+    64: KernelConfig(
+        block_m=64,
+        block_n=128,
+        fwd_warps=4,
+        block_m1=32,
+        block_n1=128,
+        fwd_tma=True,
+        bwd_tma=True,
+        bwd_fused=True,
+        dq_tma=True,
+    ),
+    128: KernelConfig(block_m1=32, block_n1=128, bwd_stages=2, fwd_tma=True, bwd_tma=True),
     256: KernelConfig(
         block_m=64,
         block_n=64,
@@ -601,7 +613,7 @@ def _launch_bwd(do, q, k, v, out, lse, cu_q, cu_k, full_from, window, keep_first
     )  # fmt: skip
     qd, dod = (_descriptor(t, cfg.block_m1, block_d, cfg.bwd_tma) for t in (q, do))
     use_tma = qd is not None and dod is not None
-    dqd = _descriptor(dq_acc, cfg.block_m1, block_d, cfg.bwd_fused and cfg.dq_tma)
+    dqd = _descriptor(dq_acc, cfg.block_m1, block_d, cfg.bwd_fused and cfg.dq_tma and _HAS_TMA_REDUCE)
     has_full_from = full_from is not None
     seq_k, tile_k = _tile_table(cu_k, cfg.block_n1, total_k)
     _bwd_dkdv_kernel[(hkv, seq_k.numel())](
