@@ -63,6 +63,7 @@ def run_and_compare(
     window=None,
     keep_first=0,
     full_from=None,
+    full_from_dtype=torch.int32,
     softmax_scale=None,
     seed=0,
     config=None,
@@ -77,7 +78,7 @@ def run_and_compare(
     q, k, v = rand(sum(lens_q), hq, head_dim), rand(sum(lens_k), hkv, head_dim), rand(sum(lens_k), hkv, head_dim)
     dout = rand(sum(lens_q), hq, head_dim)
     cu_q, cu_k = _cu(lens_q), _cu(lens_k)
-    ff = None if full_from is None else torch.tensor(full_from, dtype=torch.int32, device=DEVICE)
+    ff = None if full_from is None else torch.tensor(full_from, dtype=full_from_dtype, device=DEVICE)
     args = (cu_q, cu_k, max(lens_q, default=0), max(lens_k, default=0))
     kwargs = dict(window=window, keep_first=keep_first, full_from=ff, softmax_scale=softmax_scale)
 
@@ -132,6 +133,13 @@ PACK = [37, 1, 100, 1, 64]
 @pytest.mark.parametrize("window,keep_first", [(16, 3), (5, 40)])
 def test_pack_full_from(full_from, window, keep_first):
     run_and_compare(PACK, PACK, window=window, keep_first=keep_first, full_from=full_from)
+
+
+def test_full_from_int64_and_clamped():
+    """full_from may be int64 and beyond int32's range; the kernel clamps it like the reference."""
+    run_and_compare(
+        PACK, PACK, window=16, keep_first=3, full_from=[2**40, -(2**35), 50, 0, 33], full_from_dtype=torch.int64
+    )
 
 
 # Fewer queries than keys (decoding, chunked prefill), bottom-right aligned; 0-query sequences.
@@ -278,8 +286,13 @@ def _kernel_checked(*args, **kwargs):
     return swaa_attn_varlen_triton(*args, **kwargs, check_values=True)
 
 
-# The public function (the reference on CPU) and the kernel with its value checks on.
-ENTRIES = {"func": swaa_attn_varlen_func, "kernel": _kernel_checked}
+def _func_checked(*args, **kwargs):
+    return swaa_attn_varlen_func(*args, **kwargs, check_values=True)
+
+
+# The public function (the reference on CPU) and the kernel, value checks on (on CUDA they are off
+# unless asked for: they read cu_seqlens on the host).
+ENTRIES = {"func": _func_checked, "kernel": _kernel_checked}
 
 
 @pytest.mark.parametrize(
