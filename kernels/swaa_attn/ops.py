@@ -17,9 +17,9 @@ fully visible (no mask arithmetic). The programs of each sequence's tiles are fo
 tile -> (sequence, tile index) table that one small kernel builds on the device, so packs of
 uneven documents launch no empty programs beyond one per sequence, and no call reads
 anything back to the host.
-Tiles stream through TMA tensor descriptors (`tma`) where the layout allows it (token-major,
-heads packed, head dim a power of two), else through pointer loads. Every pointer offset is
-64-bit.
+Tiles stream through TMA tensor descriptors (`fwd_tma`, `bwd_tma`) where the layout allows it
+(token-major with the heads packed, head dim a power of two), else through pointer loads. Every
+pointer offset is 64-bit.
 """
 
 from __future__ import annotations
@@ -166,7 +166,8 @@ def _load_rows(
     """Rows start..start+len(offs)-1 of one head: through the TMA descriptor Pd at (row0 + start, col), or
     through pointers from P (the sequence's first row of that head), masked to n_rows and HEAD_DIM."""
     if USE_TMA:
-        # Rows past the sequence come from the next one (or zeros past the tensor): the mask hides them.
+        # Rows past the sequence come from the next one (zeros past the tensor). Their scores are masked
+        # (keys) or their lse is +inf (queries), so with finite inputs they weigh exactly 0.
         return Pd.load([row0 + start, col])
     else:
         rows = start + offs
