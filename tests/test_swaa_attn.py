@@ -10,6 +10,7 @@ comparison.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -25,7 +26,7 @@ from swaa_attn import (
     visible_pairs,
     visible_pairs_varlen,
 )
-from swaa_attn.ops import KernelConfig, swaa_attn_varlen_triton
+from swaa_attn.ops import KernelConfig, select_config, swaa_attn_varlen_triton
 
 HAS_CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if HAS_CUDA else "cpu"
@@ -62,6 +63,7 @@ def run_and_compare(
     window=None,
     keep_first=0,
     full_from=None,
+    full_from_dtype=torch.int32,
     softmax_scale=None,
     seed=0,
     config=None,
@@ -76,7 +78,7 @@ def run_and_compare(
     q, k, v = rand(sum(lens_q), hq, head_dim), rand(sum(lens_k), hkv, head_dim), rand(sum(lens_k), hkv, head_dim)
     dout = rand(sum(lens_q), hq, head_dim)
     cu_q, cu_k = _cu(lens_q), _cu(lens_k)
-    ff = None if full_from is None else torch.tensor(full_from, dtype=torch.int32, device=DEVICE)
+    ff = None if full_from is None else torch.tensor(full_from, dtype=full_from_dtype, device=DEVICE)
     args = (cu_q, cu_k, max(lens_q, default=0), max(lens_k, default=0))
     kwargs = dict(window=window, keep_first=keep_first, full_from=ff, softmax_scale=softmax_scale)
 
@@ -131,6 +133,13 @@ PACK = [37, 1, 100, 1, 64]
 @pytest.mark.parametrize("window,keep_first", [(16, 3), (5, 40)])
 def test_pack_full_from(full_from, window, keep_first):
     run_and_compare(PACK, PACK, window=window, keep_first=keep_first, full_from=full_from)
+
+
+def test_full_from_int64_and_clamped():
+    """full_from may be int64 and beyond int32's range; the kernel clamps it like the reference."""
+    run_and_compare(
+        PACK, PACK, window=16, keep_first=3, full_from=[2**40, -(2**35), 50, 0, 33], full_from_dtype=torch.int64
+    )
 
 
 # Fewer queries than keys (decoding, chunked prefill), bottom-right aligned; 0-query sequences.
@@ -193,6 +202,35 @@ def test_tile_shapes(block_m, block_n, block_m1, block_n1, block_m2, block_n2):
     run_and_compare([100, 1, 50], [130, 1, 50], window=13, keep_first=21, full_from=[90, 0, 25], config=cfg)
 
 
+# dQ through atomics in the dK/dV kernel; tiles through TMA descriptors; dQ by TMA reduce-add.
+@pytest.mark.parametrize(
+    "variant",
+    [
+        {"bwd_fused": True},
+        {"fwd_tma": True, "bwd_tma": True},
+        {"fwd_tma": True, "bwd_tma": True, "bwd_fused": True},
+        {"bwd_fused": True, "dq_tma": True},
+    ],
+    ids=["fused", "tma", "tma-fused", "fused-dq-tma"],
+)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_kernel_variants(variant, dtype):
+    if variant.get("dq_tma") and not HAS_CUDA:
+        pytest.skip("the Triton interpreter has no TMA reduce-add")
+    cfg = dataclasses.replace(select_config(64, dtype, DEVICE), **variant)
+    run_and_compare(
+        [100, 1, 50],
+        [130, 1, 50],
+        hq=4,
+        hkv=2,
+        dtype=dtype,
+        window=13,
+        keep_first=21,
+        full_from=[90, 0, 25],
+        config=cfg,
+    )
+
+
 @settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())
 def test_random_configs(data):
@@ -248,8 +286,13 @@ def _kernel_checked(*args, **kwargs):
     return swaa_attn_varlen_triton(*args, **kwargs, check_values=True)
 
 
-# The public function (the reference on CPU) and the kernel with its value checks on.
-ENTRIES = {"func": swaa_attn_varlen_func, "kernel": _kernel_checked}
+def _func_checked(*args, **kwargs):
+    return swaa_attn_varlen_func(*args, **kwargs, check_values=True)
+
+
+# The public function (the reference on CPU) and the kernel, value checks on (on CUDA they are off
+# unless asked for: they read cu_seqlens on the host).
+ENTRIES = {"func": _func_checked, "kernel": _kernel_checked}
 
 
 @pytest.mark.parametrize(
