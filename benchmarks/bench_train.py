@@ -620,8 +620,6 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-    from swaa_train.benchmark import main_bench, parse_cells
-
     report = main_bench(
         args.lengths,
         args.ablation,
