@@ -619,6 +619,7 @@ def main(argv=None) -> None:
     parser.add_argument("--out", type=Path, default=None, help="also write bench_train.md and .json here")
     args = parser.parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    use_expandable_segments()  # before anything starts CUDA: the allocator reads it once
 
     report = main_bench(
         args.lengths,

@@ -289,4 +289,10 @@ def load_recipe(name_or_path: str, overrides: list[str] | None = None) -> tuple[
     if not isinstance(raw, dict):
         raise ValueError(f"{path}: a recipe must be a YAML mapping of sections")
     raw = apply_overrides(raw, overrides or [])
+    if ((raw.get("memory") or {}).get("expandable_segments", True)) is True:
+        # The CUDA allocator reads its settings once, when CUDA starts, and building TRL's
+        # SFTConfig below may start it: ask for expandable segments first.
+        from .memory import use_expandable_segments
+
+        use_expandable_segments()
     return build_recipe(raw, name=path.stem), raw
