@@ -7,30 +7,86 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging as stdlib_logging
 import sys
+from pathlib import Path
 
 from transformers.utils import logging
 
 logger = logging.get_logger("swaa_train")
 
 
+SECTION_TITLES = {
+    "model": "model: the base model (ModelArgs)",
+    "swaa": "swaa: the SWAA settings, saved as swaa_config.json (SWAAConfig)",
+    "lora": "lora: the LoRA adapter (LoraArgs)",
+    "data": "data: training and evaluation rows (DataArgs)",
+    "training": "training: TRL's SFTConfig, every field of it (transformers' TrainingArguments included)",
+    "export": "export: what is written after training (ExportArgs)",
+    "memory": "memory: long-sequence memory techniques (MemoryArgs)",
+}
+TRAIN_USAGE = "swaa-train train (--recipe NAME | --config FILE) [section.field=value ...] [--section.field VALUE ...]"
+
+
+def _field_help(field) -> str:
+    """A recipe field's help text with its default; % escaped for argparse."""
+    if field.default is not dataclasses.MISSING:
+        default = field.default
+    elif field.default_factory is not dataclasses.MISSING:
+        default = field.default_factory()
+    else:
+        default = None
+    default = getattr(default, "value", default)  # enums as the words a recipe uses
+    text = " ".join(str(field.metadata.get("help", "")).split())
+    suffix = "(required)" if field.default is field.default_factory is dataclasses.MISSING else f"(default: {default})"
+    return f"{text} {suffix}".replace("%", "%%")
+
+
+def add_recipe_field_options(parser: argparse.ArgumentParser) -> None:
+    """One `--section.field VALUE` option per recipe field, grouped by section, with its help text."""
+    from .recipe import recipe_fields
+
+    for section, fields in recipe_fields().items():
+        group = parser.add_argument_group(SECTION_TITLES.get(section, section))
+        for field in fields:
+            group.add_argument(
+                f"--{section}.{field.name}",
+                dest=f"{section}.{field.name}",
+                metavar="VALUE",
+                default=argparse.SUPPRESS,
+                help=_field_help(field),
+            )
+
+
 def train_main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(
-        prog="swaa-train train", description="LoRA fine-tuning under the SWAA mask, from a recipe."
+        prog="swaa-train train",
+        usage=TRAIN_USAGE,
+        allow_abbrev=False,  # --model.name is not --model.name_or_path
+        description="LoRA fine-tuning under the SWAA mask, from a recipe. Every recipe field below can be "
+        "overridden as section.field=value or --section.field VALUE (the value is read as YAML).",
     )
-    parser.add_argument("--recipe", required=True, help="recipes/NAME.yaml by NAME, or a path to a YAML recipe")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--recipe", help="recipes/NAME.yaml by NAME, or a path to a YAML recipe")
+    source.add_argument(
+        "--config", metavar="FILE", help="path to a YAML recipe (the same as --recipe FILE, as TRL's scripts take it)"
+    )
     parser.add_argument(
         "overrides",
         nargs="*",
         metavar="section.field=value",
         help="override any recipe field, e.g. training.max_steps=20 swaa.keep_first=64",
     )
+    add_recipe_field_options(parser)
     args = parser.parse_args(argv)
+    if args.config is not None and not Path(args.config).is_file():
+        parser.error(f"--config: {args.config} is not a file (a recipe by name is --recipe NAME)")
+    options = [f"{key}={value}" for key, value in vars(args).items() if "." in key]
     from .recipe import load_recipe
 
     try:  # a bad recipe is a usage error: one line naming the field, no traceback
-        recipe, raw = load_recipe(args.recipe, args.overrides)
+        recipe, raw = load_recipe(args.config or args.recipe, args.overrides + options)
     except ValueError as err:
         parser.error(str(err))
     from .run import run_recipe  # heavy imports only once the recipe is good
