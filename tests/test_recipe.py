@@ -12,7 +12,7 @@ import yaml
 from conftest import VOCAB, tiny_model
 
 from swaa_train.attention import apply_swaa
-from swaa_train.recipe import apply_overrides, build_recipe, load_recipe, resolve_recipe_path
+from swaa_train.recipe import apply_overrides, build_recipe, load_recipe, resolve_recipe_path, shipped_recipes
 from swaa_train.swaa_config import SWAAConfig, normalize_model_swaa_config
 
 
@@ -190,7 +190,14 @@ def test_overrides():
             apply_overrides(_raw(), [bad])
 
 
-@pytest.mark.parametrize("name", ["demo", "qwen3_swa2k", "llama31_swa4k"])
+SHIPPED = ["demo", "qwen3_swa2k", "qwen3_swa2k_reference", "llama31_swa4k"]
+
+
+def test_every_shipped_recipe_is_tested():
+    assert sorted(shipped_recipes()) == sorted(SHIPPED)
+
+
+@pytest.mark.parametrize("name", SHIPPED)
 def test_shipped_recipes_parse(name):
     # bf16 cannot be validated without a GPU: switch it off as a CPU user would.
     recipe, raw = load_recipe(name, ["training.bf16=false", "training.use_cpu=true"])
@@ -205,6 +212,16 @@ def test_shipped_recipes_parse(name):
             and recipe.lora.target_modules == ["q_proj", "k_proj", "v_proj"]
         )
         assert recipe.training.learning_rate == 1e-4 and recipe.training.packing
+    if name == "qwen3_swa2k_reference":  # the values of the reference's SFT script and published adapter
+        assert recipe.model.name_or_path == "Qwen/Qwen3-4B-Instruct-2507"
+        assert recipe.swaa == SWAAConfig(2048, 100, True, list(range(1, 36, 2)))
+        assert (recipe.lora.r, recipe.lora.alpha, recipe.lora.dropout, recipe.lora.use_rslora) == (16, 32, 0.1, True)
+        assert (recipe.data.min_length, recipe.data.max_length, recipe.data.judge_filter) == (10, 34000, True)
+        t = recipe.training
+        assert not t.packing and (t.per_device_train_batch_size, t.gradient_accumulation_steps) == (1, 8)
+        assert (t.learning_rate, t.lr_scheduler_type.value, t.warmup_steps) == (1e-4, "linear", 0.05)
+        assert (t.num_train_epochs, t.max_grad_norm, t.seed, t.max_length) == (1, 1.0, 0, 34000)
+        assert t.train_sampling_strategy == "group_by_length"
 
 
 def test_recipe_path_resolution(tmp_path):
