@@ -313,6 +313,9 @@ def build_recipe(raw: dict, name: str = "custom") -> Recipe:
     )
 
 
+SECRET_FIELDS = ("hub_token",)
+
+
 def resolved_recipe(recipe: Recipe, raw: dict) -> dict:
     """The recipe as run, saved as recipe.yaml: every field of this package's sections (defaults
     filled in), each value as the recipe file and overrides wrote it; `training` lists the
@@ -322,6 +325,8 @@ def resolved_recipe(recipe: Recipe, raw: dict) -> dict:
         given = dict(raw.get(section) or {})
         if section != "training":
             given = {**dataclasses.asdict(getattr(recipe, section)), **given}
+        else:  # recipe.yaml goes up with every Hub push: the token stays out of it
+            given = {k: v for k, v in given.items() if k not in SECRET_FIELDS}
         if given:
             resolved[section] = given
     return resolved

@@ -8,6 +8,7 @@ import sys
 
 import pytest
 import torch
+import yaml
 from conftest import VOCAB, tiny_model
 from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
@@ -186,6 +187,14 @@ def test_recipe_yaml_in_output_and_checkpoints_reruns_the_same_recipe(demo_run):
     # Defaults are written out for this package's sections (so a changed default cannot change a rerun).
     assert raw["lora"]["dropout"] == 0.0 and raw["data"]["eval_fraction"] is None
     assert raw["swaa"]["sliding_window_size"] == 32  # the command-line override, not the file's 128
+
+
+def test_recipe_yaml_never_holds_the_hub_token():
+    from swaa_train.recipe import load_recipe, resolved_recipe
+
+    recipe, raw = load_recipe("demo", ["training.hub_token=hf_secretSECRET", "training.max_steps=3"])
+    text = yaml.safe_dump(resolved_recipe(recipe, raw))
+    assert "hf_secretSECRET" not in text and "max_steps: 3" in text
 
 
 def _png_size(path) -> tuple[int, int]:
