@@ -14,6 +14,8 @@ from pathlib import Path
 
 from transformers.utils import logging
 
+from .evaluate import LENGTH_BINS
+
 logger = logging.get_logger("swaa_train")
 
 
@@ -137,10 +139,16 @@ def push_main(argv: list[str]) -> None:
         print(plan.describe())
 
 
-def add_generation_args(parser: argparse.ArgumentParser, max_new_tokens: int) -> None:
+def add_generation_args(parser: argparse.ArgumentParser, max_new_tokens: int | None = None) -> None:
     """The options eval and distill share: how many rows, and how the model generates."""
     parser.add_argument("--limit", type=int, default=None, help="use the first N rows only")
-    parser.add_argument("--max-new-tokens", type=int, default=max_new_tokens)
+    parser.add_argument(
+        "--max-new-tokens",
+        type=int,
+        default=max_new_tokens,
+        help="tokens generated per answer at most (default: as the SWAA reference, 2000, or 10000 for a model "
+        "whose chat template opens a <think> block); an answer cut off there is counted as truncated, never judged",
+    )
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--dtype", default="auto", help="auto, bfloat16, float16 or float32")
     parser.add_argument("--device", default=None, help="e.g. cuda; default: where the model loads")
@@ -155,9 +163,30 @@ def eval_main(argv: list[str]) -> None:
     parser.add_argument("--data", required=True, help="parquet/json(l) with prompt (or context+question) and answer")
     parser.add_argument("--out", required=True, help="output directory: samples.jsonl, results.json, results.md")
     parser.add_argument("--settings", default=None, help="YAML/JSON list of {name, swaa, adapter}; default: the ladder")
-    add_generation_args(parser, max_new_tokens=32)
+    parser.add_argument(
+        "--judge-model",
+        default=None,
+        help="a model (local directory or Hub id) asked CORRECT/WRONG about each open answer, beside the rule match",
+    )
+    parser.add_argument("--judge-max-new-tokens", type=int, default=512, help="tokens the judge may generate")
+    parser.add_argument(
+        "--max-prompt-tokens", type=int, default=None, help="leave out rows whose prompt is longer (before --limit)"
+    )
+    parser.add_argument(
+        "--length-bins",
+        default=",".join(str(b) for b in LENGTH_BINS),
+        help="prompt-length bin edges in tokens for the per-length accuracy (default: the reference's 16k..128k)",
+    )
+    add_generation_args(parser)
     args = parser.parse_args(argv)
     from .evaluate import format_table, load_settings, run_evaluation
+
+    try:
+        bins = tuple(int(edge) for edge in args.length_bins.split(","))
+    except ValueError:
+        parser.error(f"--length-bins: comma-separated token counts expected, got {args.length_bins!r}")
+    if list(bins) != sorted(set(bins)) or bins[0] <= 0:
+        parser.error(f"--length-bins: increasing positive token counts expected, got {args.length_bins!r}")
 
     settings = load_settings(args.settings) if args.settings else None
     summary = run_evaluation(
@@ -171,6 +200,10 @@ def eval_main(argv: list[str]) -> None:
         batch_size=args.batch_size,
         dtype=args.dtype,
         device=args.device,
+        judge_model=args.judge_model,
+        judge_max_new_tokens=args.judge_max_new_tokens,
+        max_prompt_tokens=args.max_prompt_tokens,
+        length_bins=bins,
     )
     print(format_table(summary))
 
@@ -183,7 +216,7 @@ def distill_main(argv: list[str]) -> None:
     parser.add_argument("--data", required=True, help="fusang_long-style rows: prompt, question, answer")
     parser.add_argument("--out", required=True, help="parquet to write (prompt/response/judge + the input columns)")
     parser.add_argument("--judge-model", default=None, help="judge model asked yes/no (default: answer match)")
-    add_generation_args(parser, max_new_tokens=256)
+    add_generation_args(parser)
     args = parser.parse_args(argv)
     from .distill import run_self_distill
 
@@ -198,7 +231,10 @@ def distill_main(argv: list[str]) -> None:
         dtype=args.dtype,
         device=args.device,
     )
-    print(f"{stats['judged_correct']}/{stats['rows']} responses judged correct -> {stats['out_path']}")
+    print(
+        f"{stats['judged_correct']}/{stats['rows']} responses judged correct "
+        f"({stats['truncated']} cut off at --max-new-tokens, not judged) -> {stats['out_path']}"
+    )
 
 
 COMMANDS = {"train": train_main, "merge": merge_main, "push": push_main, "eval": eval_main, "distill": distill_main}

@@ -8,10 +8,11 @@ from test_export import make_adapter_dir
 from transformers import AutoTokenizer
 
 import swaa_train.inference as inference
+from swaa_train import distill
 from swaa_train.cli import main
 from swaa_train.data import build_sft_dataset, load_rows
 from swaa_train.distill import judge_with_model, run_self_distill
-from swaa_train.evaluate import is_correct
+from swaa_train.evaluate import Response, is_correct
 from swaa_train.synthetic import make_longqa_rows, write_parquet
 
 
@@ -57,9 +58,10 @@ def test_judged_rows_are_filtered_by_the_loader(demo, tmp_path, monkeypatch):
 
     # A teacher that answers right on even rows only.
     def fake_generate(model, tokenizer, prompts, **kwargs):
-        return [f"It is {rows[i]['answer']}." if i % 2 == 0 else "I do not know." for i in range(len(prompts))]
+        texts = [f"It is {rows[i]['answer']}." if i % 2 == 0 else "I do not know." for i in range(len(prompts))]
+        return [Response(text, truncated=False, new_tokens=4) for text in texts]
 
-    monkeypatch.setattr(inference, "generate", fake_generate)
+    monkeypatch.setattr(distill, "generate_responses", fake_generate)
     out = tmp_path / "distilled.parquet"
     stats = run_self_distill(str(base), str(data), str(out))
     assert stats["rows"] == 4 and stats["judged_correct"] == 2
