@@ -8,7 +8,8 @@ Input: a parquet (or any file `data.load_rows` reads) in one of the layouts the 
   `answer` (a letter), `context` or `prompt`; `domain` stands in for a missing `question_type`.
 Each setting (SWAA config, with or without the adapter) generates a greedy answer per row. Only
 the text after the last `</think>` is scored (a reasoning model that never closes its thinking
-has no answer); an answer cut off at `max_new_tokens` is counted as truncated and never judged.
+has no answer); an answer cut off at `max_new_tokens` is counted as truncated and never put to
+the judge (the rule match still reads what it has).
 Scores: the rule match (`is_correct`; for multiple choice the last "The correct answer is (X)"),
 and with a judge model, its CORRECT/WRONG verdict on open answers as the reference's judge
 gives it. Output in `out_dir`: samples.jsonl (one line per row and setting), results.json and
@@ -336,7 +337,7 @@ def judge_records(judge, tokenizer, records: list[dict], max_new_tokens: int = 5
     """Ask the judge model about each open, answered, untruncated record; set record["judge"] (1/0).
 
     Multiple-choice records keep their rule score (as the reference scores LongBench-v2);
-    truncated or unfinished answers are never judged (judge 0, `judged` False).
+    truncated or unfinished answers are never judged (`judged` False): judge 0.
     """
     asked = [r for r in records if r["judged"] and r["choices"] is None]
     prompts = [
@@ -369,7 +370,7 @@ def evaluate_setting(
         )
     records = []
     for i, (row, response) in enumerate(zip(rows, responses)):
-        answer_text = None if response.truncated else final_answer(response.text, thinking)
+        answer_text = final_answer(response.text, thinking)
         records.append(
             {
                 "setting": _label(setting),

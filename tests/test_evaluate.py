@@ -264,7 +264,7 @@ def test_eval_scores_types_lengths_truncation_and_judge(demo, tmp_path, monkeypa
     rows = [  # (prompt, type, answer, the model's response, truncated, the judge's reply)
         ("short " + "q1", "single", "4821", "<think>hmm</think> It is 4821.", False, "CORRECT"),
         ("short " + "q2", "single", "Mira", "<think>Mira? no</think> Tomas.", False, "WRONG"),
-        (filler + "q3", "multi", "1642", "<think>the year 1642 ...", True, "CORRECT"),  # cut off: never judged
+        (filler + "q3", "multi", "1642", "It was 1642, and then", True, "CORRECT"),  # cut off: the rule only
         (filler + "q4", "multi", "a shell necklace", "Something from Hawaii", False, "CORRECT"),  # judge is kinder
     ]
     data = write_parquet(
@@ -296,7 +296,7 @@ def test_eval_scores_types_lengths_truncation_and_judge(demo, tmp_path, monkeypa
     argv = ["eval", "--model", str(adapter), "--data", str(data), "--out", str(tmp_path / "out")]
     main([*argv, "--settings", str(settings), "--judge-model", str(adapter / "base-model"), "--length-bins", str(edge)])
     (row,) = json.loads((tmp_path / "out" / "results.json").read_text())
-    assert (row["correct"], row["total"], row["truncated"]) == (1, 4, 1)  # the rule: only q1
+    assert (row["correct"], row["total"], row["truncated"]) == (2, 4, 1)  # the rule: q1 and q3
     assert (row["judge_correct"], row["judge_accuracy"]) == (2, 0.5)  # the judge: q1 and q4; q3 never asked
     assert calls == [("swa16", 2000, 4), ("judge", 512, 3)]  # the reference's default length; 3 asked
     assert row["by_question_type"] == {
@@ -309,10 +309,16 @@ def test_eval_scores_types_lengths_truncation_and_judge(demo, tmp_path, monkeypa
         above: {"correct": 1, "total": 2, "accuracy": 0.5},
     }
     samples = [json.loads(line) for line in (tmp_path / "out" / "samples.jsonl").read_text().splitlines()]
-    assert [s["answer_text"] for s in samples] == ["It is 4821.", "Tomas.", None, "Something from Hawaii"]
+    assert [s["answer_text"] for s in samples] == [
+        "It is 4821.",
+        "Tomas.",
+        "It was 1642, and then",
+        "Something from Hawaii",
+    ]
+    assert [s["correct"] for s in samples] == [True, False, True, False]
     assert [s["judge"] for s in samples] == [1, 0, 0, 1] and [s["prompt_tokens"] for s in samples] == tokens
     table = (tmp_path / "out" / "results.md").read_text()
-    assert "| swa16 | no |" in table and "| 25.0% | 1/4 |" in table and "| 1/4 | 50.0% |" in table
+    assert "| swa16 | no |" in table and "| 50.0% | 2/4 |" in table and "| 1/4 | 50.0% |" in table
     assert "### Accuracy by question type (judge)" in table and f"| setting | {below} | {above} |" in table
     assert capfd.readouterr().out.strip() == table.strip()
     # --max-prompt-tokens leaves the long prompts out before anything is generated.
