@@ -363,3 +363,31 @@ def test_trainer_takes_the_settings_object_on_model_config(tmp_path):
     trainer.save_model()
     assert SWAAConfig.load(tmp_path / "out") == expected
     assert json.loads(model.config.to_json_string())["swaa_config"] == expected.to_dict()
+
+
+# ------------------------------------------------------------------------------------------
+# Logging: training.report_to
+# ------------------------------------------------------------------------------------------
+def test_report_to_is_read_as_a_name_or_a_list():
+    from swaa_train.recipe import load_recipe
+
+    one, _ = load_recipe("demo", ["training.report_to=tensorboard"])
+    both, _ = load_recipe("demo", ["training.report_to=[tensorboard, wandb]", "training.run_name=swa2k-try"])
+    assert one.training.report_to == ["tensorboard"]
+    assert both.training.report_to == ["tensorboard", "wandb"] and both.training.run_name == "swa2k-try"
+
+
+def test_report_to_tensorboard_logs_the_losses(tmp_path):
+    pytest.importorskip("tensorboard")  # the dev extra installs it
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from swaa_train.run import run_training
+
+    overrides = {"training.report_to": "tensorboard", "training.save_strategy": "no"}
+    trainer = run_training("demo", _demo_overrides(tmp_path, steps=3, **overrides))
+    (run,) = (tmp_path / "out" / "runs").iterdir()
+    events = EventAccumulator(str(run))
+    events.Reload()
+    logged = [(e.step, round(e.value, 4)) for e in events.Scalars("train/loss")]
+    assert logged == [(log["step"], round(log["loss"], 4)) for log in trainer.state.log_history if "loss" in log]
+    assert len(logged) == 3
