@@ -136,3 +136,23 @@ def test_libraries_whose_internals_are_used_are_bounded_and_admit_the_tested_ver
         for tested_version in [*tested, version(name)]:
             assert specifier.contains(tested_version), (name, tested_version, str(specifier))
     assert str(requirements["torch"].specifier) == ">=2.6"  # pip keeps the torch build installed first
+
+
+def test_readme_shows_the_new_recipe_fields_and_flags():
+    readme = (ROOT / "README.md").read_text()
+    for name in (
+        "chat_template",
+        "eval_path",
+        "eval_split",
+        "eval_fraction",
+        "report_to",
+        "push_to_hub",
+        "hub_strategy",
+    ):
+        assert f"`{name}`" in readme or f".{name}" in readme, name
+    for flag in ("--config", "--help", "--judge-model", "--max-prompt-tokens", "--length-bins", "--max-new-tokens"):
+        assert flag in readme, flag
+    for recipe in ("qwen3_swa2k_reference", "qwen3_swa2k", "llama31_swa4k", "demo"):
+        assert f"| `{recipe}` |" in readme, recipe
+    for written in ("recipe.yaml", "loss.png", "swaa_config.json"):
+        assert f"`{written}`" in readme, written

@@ -243,6 +243,23 @@ def test_eval_fraction_holds_out_samples():
     assert not samples(train) & samples(held_out) and samples(train) | samples(held_out) == samples(everything)
 
 
+def test_eval_path_rows_are_tokenized_and_filtered_like_the_training_rows(tmp_path):
+    from swaa_train.data import build_sft_dataset
+    from swaa_train.model import load_tokenizer
+    from swaa_train.recipe import load_recipe
+    from swaa_train.run import build_datasets
+    from swaa_train.synthetic import make_longqa_rows, write_parquet
+
+    rows = make_longqa_rows(5, split="eval", min_words=80, max_words=160)
+    path = write_parquet(tmp_path / "held_out.parquet", rows)
+    recipe, _ = load_recipe("demo", ["data.synthetic_rows=4", f"data.eval_path={path}", "data.max_length=210"])
+    tokenizer = load_tokenizer(recipe.model)
+    train, evaluation = build_datasets(recipe.data, tokenizer)
+    expected = build_sft_dataset(rows, tokenizer, max_length=210)
+    assert evaluation["input_ids"] == expected["input_ids"] and len(train) <= 4
+    assert 0 < len(evaluation) < 5  # data.max_length dropped the longer held-out rows too
+
+
 def test_eval_split_loss_is_logged(tmp_path):
     from swaa_train.run import run_training
 
