@@ -179,7 +179,7 @@ def normalize_model_swaa_config(model) -> SWAAConfig | None:
     Returns the settings, or None where the model's config has none.
     """
     config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-    holders = [c for c in {id(model.config): model.config, id(config): config}.values()]
+    holders = list({id(model.config): model.config, id(config): config}.values())  # one, or outer + text
     raw = next((c.swaa_config for c in holders if getattr(c, "swaa_config", None) is not None), None)
     if raw is None:
         return None

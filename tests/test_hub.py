@@ -132,8 +132,14 @@ def recorded_hub(monkeypatch):
     return repos, uploads
 
 
-# hub_strategy -> where each checkpoint's own folder goes (None: only the output directory is pushed)
-CHECKPOINT_PATHS = {"every_save": None, "checkpoint": "last-checkpoint", "all_checkpoints": "checkpoint-{step}"}
+# hub_strategy -> where each checkpoint's own folder goes (None: only the output directory is pushed;
+# "end": nothing is pushed before the final push)
+CHECKPOINT_PATHS = {
+    "every_save": None,
+    "checkpoint": "last-checkpoint",
+    "all_checkpoints": "checkpoint-{step}",
+    "end": "",
+}
 
 
 @pytest.mark.parametrize("strategy", sorted(CHECKPOINT_PATHS))
@@ -150,7 +156,7 @@ def test_every_training_push_carries_adapter_swaa_config_card_and_recipe(strateg
     run_training("demo", _demo_overrides(tmp_path, steps=4, **overrides))
     out = tmp_path / "out"
     expected_paths = []
-    for step in (2, 4):
+    for step in (2, 4) if strategy != "end" else ():
         expected_paths.append(None)  # the output directory, where the checkpoint's weights were copied
         if CHECKPOINT_PATHS[strategy]:
             expected_paths.append(CHECKPOINT_PATHS[strategy].format(step=step))
@@ -170,6 +176,7 @@ def test_every_training_push_carries_adapter_swaa_config_card_and_recipe(strateg
         assert not any(name.startswith("checkpoint-") for name in upload["files"])
     # The intermediate pushes of the output directory send the checkpoint's adapter, not a stale one.
     root_pushes = [u for u in uploads if u["path_in_repo"] is None]
-    assert root_pushes[0]["sha"]["adapter_model.safetensors"] == _sha(out / "checkpoint-2/adapter_model.safetensors")
+    first = out / ("checkpoint-2" if strategy != "end" else "") / "adapter_model.safetensors"
+    assert root_pushes[0]["sha"]["adapter_model.safetensors"] == _sha(first)
     assert root_pushes[-1]["sha"]["adapter_model.safetensors"] == _sha(out / "adapter_model.safetensors")
     assert "loss.png" in root_pushes[-1]["files"]
