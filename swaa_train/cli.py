@@ -7,30 +7,88 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging as stdlib_logging
 import sys
+from pathlib import Path
 
 from transformers.utils import logging
+
+from .evaluate import LENGTH_BINS
 
 logger = logging.get_logger("swaa_train")
 
 
+SECTION_TITLES = {
+    "model": "model: the base model (ModelArgs)",
+    "swaa": "swaa: the SWAA settings, saved as swaa_config.json (SWAAConfig)",
+    "lora": "lora: the LoRA adapter (LoraArgs)",
+    "data": "data: training and evaluation rows (DataArgs)",
+    "training": "training: TRL's SFTConfig, every field of it (transformers' TrainingArguments included)",
+    "export": "export: what is written after training (ExportArgs)",
+    "memory": "memory: long-sequence memory techniques (MemoryArgs)",
+}
+TRAIN_USAGE = "swaa-train train (--recipe NAME | --config FILE) [section.field=value ...] [--section.field VALUE ...]"
+
+
+def _field_help(field) -> str:
+    """A recipe field's help text with its default; % escaped for argparse."""
+    if field.default is not dataclasses.MISSING:
+        default = field.default
+    elif field.default_factory is not dataclasses.MISSING:
+        default = field.default_factory()
+    else:
+        default = None
+    default = getattr(default, "value", default)  # enums as the words a recipe uses
+    text = " ".join(str(field.metadata.get("help", "")).split())
+    suffix = "(required)" if field.default is field.default_factory is dataclasses.MISSING else f"(default: {default})"
+    return f"{text} {suffix}".replace("%", "%%")
+
+
+def add_recipe_field_options(parser: argparse.ArgumentParser) -> None:
+    """One `--section.field VALUE` option per recipe field, grouped by section, with its help text."""
+    from .recipe import recipe_fields
+
+    for section, fields in recipe_fields().items():
+        group = parser.add_argument_group(SECTION_TITLES.get(section, section))
+        for field in fields:
+            group.add_argument(
+                f"--{section}.{field.name}",
+                dest=f"{section}.{field.name}",
+                metavar="VALUE",
+                default=argparse.SUPPRESS,
+                help=_field_help(field),
+            )
+
+
 def train_main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(
-        prog="swaa-train train", description="LoRA fine-tuning under the SWAA mask, from a recipe."
+        prog="swaa-train train",
+        usage=TRAIN_USAGE,
+        allow_abbrev=False,  # --model.name is not --model.name_or_path
+        description="LoRA fine-tuning under the SWAA mask, from a recipe. Every recipe field below can be "
+        "overridden as section.field=value or --section.field VALUE (the value is read as YAML).",
     )
-    parser.add_argument("--recipe", required=True, help="recipes/NAME.yaml by NAME, or a path to a YAML recipe")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--recipe", help="recipes/NAME.yaml by NAME, or a path to a YAML recipe")
+    source.add_argument(
+        "--config", metavar="FILE", help="path to a YAML recipe (the same as --recipe FILE, as TRL's scripts take it)"
+    )
     parser.add_argument(
         "overrides",
         nargs="*",
         metavar="section.field=value",
         help="override any recipe field, e.g. training.max_steps=20 swaa.keep_first=64",
     )
+    add_recipe_field_options(parser)
     args = parser.parse_args(argv)
+    if args.config is not None and not Path(args.config).is_file():
+        parser.error(f"--config: {args.config} is not a file (a recipe by name is --recipe NAME)")
+    options = [f"{key}={value}" for key, value in vars(args).items() if "." in key]
     from .recipe import load_recipe
 
     try:  # a bad recipe is a usage error: one line naming the field, no traceback
-        recipe, raw = load_recipe(args.recipe, args.overrides)
+        recipe, raw = load_recipe(args.config or args.recipe, args.overrides + options)
     except ValueError as err:
         parser.error(str(err))
     from .run import run_recipe  # heavy imports only once the recipe is good
@@ -98,10 +156,16 @@ def push_main(argv: list[str]) -> None:
         print(plan.describe())
 
 
-def add_generation_args(parser: argparse.ArgumentParser, max_new_tokens: int) -> None:
+def add_generation_args(parser: argparse.ArgumentParser, max_new_tokens: int | None = None) -> None:
     """The options eval and distill share: how many rows, and how the model generates."""
     parser.add_argument("--limit", type=int, default=None, help="use the first N rows only")
-    parser.add_argument("--max-new-tokens", type=int, default=max_new_tokens)
+    parser.add_argument(
+        "--max-new-tokens",
+        type=int,
+        default=max_new_tokens,
+        help="tokens generated per answer at most (default: as the SWAA reference, 2000, or 10000 for a model "
+        "whose chat template opens a <think> block); an answer cut off there is counted as truncated, never judged",
+    )
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--dtype", default="auto", help="auto, bfloat16, float16 or float32")
     parser.add_argument("--device", default=None, help="e.g. cuda:1 or cpu; default: the GPU when there is one")
@@ -116,9 +180,30 @@ def eval_main(argv: list[str]) -> None:
     parser.add_argument("--data", required=True, help="parquet/json(l) with prompt (or context+question) and answer")
     parser.add_argument("--out", required=True, help="output directory: samples.jsonl, results.json, results.md")
     parser.add_argument("--settings", default=None, help="YAML/JSON list of {name, swaa, adapter}; default: the ladder")
-    add_generation_args(parser, max_new_tokens=32)
+    parser.add_argument(
+        "--judge-model",
+        default=None,
+        help="a model (local directory or Hub id) asked CORRECT/WRONG about each open answer, beside the rule match",
+    )
+    parser.add_argument("--judge-max-new-tokens", type=int, default=512, help="tokens the judge may generate")
+    parser.add_argument(
+        "--max-prompt-tokens", type=int, default=None, help="leave out rows whose prompt is longer (before --limit)"
+    )
+    parser.add_argument(
+        "--length-bins",
+        default=",".join(str(b) for b in LENGTH_BINS),
+        help="prompt-length bin edges in tokens for the per-length accuracy (default: the reference's 16k..128k)",
+    )
+    add_generation_args(parser)
     args = parser.parse_args(argv)
     from .evaluate import format_table, load_settings, run_evaluation
+
+    try:
+        bins = tuple(int(edge) for edge in args.length_bins.split(","))
+    except ValueError:
+        parser.error(f"--length-bins: comma-separated token counts expected, got {args.length_bins!r}")
+    if list(bins) != sorted(set(bins)) or bins[0] <= 0:
+        parser.error(f"--length-bins: increasing positive token counts expected, got {args.length_bins!r}")
 
     settings = load_settings(args.settings) if args.settings else None
     summary = run_evaluation(
@@ -132,6 +217,10 @@ def eval_main(argv: list[str]) -> None:
         batch_size=args.batch_size,
         dtype=args.dtype,
         device=args.device,
+        judge_model=args.judge_model,
+        judge_max_new_tokens=args.judge_max_new_tokens,
+        max_prompt_tokens=args.max_prompt_tokens,
+        length_bins=bins,
     )
     print(format_table(summary))
 
@@ -144,7 +233,7 @@ def distill_main(argv: list[str]) -> None:
     parser.add_argument("--data", required=True, help="fusang_long-style rows: prompt, question, answer")
     parser.add_argument("--out", required=True, help="parquet to write (prompt/response/judge + the input columns)")
     parser.add_argument("--judge-model", default=None, help="judge model asked yes/no (default: answer match)")
-    add_generation_args(parser, max_new_tokens=256)
+    add_generation_args(parser)
     args = parser.parse_args(argv)
     from .distill import run_self_distill
 
@@ -159,7 +248,10 @@ def distill_main(argv: list[str]) -> None:
         dtype=args.dtype,
         device=args.device,
     )
-    print(f"{stats['judged_correct']}/{stats['rows']} responses judged correct -> {stats['out_path']}")
+    print(
+        f"{stats['judged_correct']}/{stats['rows']} responses judged correct "
+        f"({stats['truncated']} cut off at --max-new-tokens, not judged) -> {stats['out_path']}"
+    )
 
 
 COMMANDS = {

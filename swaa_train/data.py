@@ -243,6 +243,22 @@ def resolve_format(columns: list[str], format: str) -> str:
     return format
 
 
+JINJA_MARKERS = ("{%", "{{")
+
+
+def load_chat_template(value: str) -> str:
+    """The Jinja text of a chat template given inline or as the path of a file holding it (.jinja)."""
+    if any(marker in value for marker in JINJA_MARKERS):
+        return value
+    path = Path(value).expanduser()
+    if not path.is_file():
+        raise ValueError(f"data.chat_template: {value!r} is neither an existing file nor an inline Jinja template")
+    text = path.read_text()
+    if not any(marker in text for marker in JINJA_MARKERS):
+        raise ValueError(f"data.chat_template: {path} holds no Jinja template ({{% ... %}} or {{{{ ... }}}})")
+    return text
+
+
 def chat_template_of(tokenizer: PreTrainedTokenizerBase) -> str:
     try:
         return tokenizer.get_chat_template()

@@ -4,7 +4,10 @@ judge parquet that the trainer's data loader reads (`judge_filter` keeps judge =
 
 Training on the model's own (correct) answers keeps SWAA fine-tuning close to the original
 model's distribution (SWAA paper, self-distillation). The judge is the rule-based answer
-match of `evaluate.is_correct`, or a judge model asked yes/no when one is given.
+match of `evaluate.is_correct` on the text after `</think>`, or a judge model asked yes/no when
+one is given. Generation lengths default to the reference's (`evaluate.default_max_new_tokens`:
+room for a reasoning model's thinking); a response cut off at `max_new_tokens` is never judged
+(judge 0, column `truncated`) and counted, so no unfinished answer becomes training data.
 """
 
 from __future__ import annotations
@@ -15,7 +18,15 @@ from pathlib import Path
 
 from transformers.utils import logging
 
-from .evaluate import is_correct, load_eval_rows, normalize_answer
+from .evaluate import (
+    default_max_new_tokens,
+    final_answer,
+    generate_responses,
+    is_correct,
+    load_eval_rows,
+    normalize_answer,
+    opens_thinking,
+)
 from .swaa_config import SWAAConfig
 
 logger = logging.get_logger(__name__)
@@ -59,37 +70,63 @@ def run_self_distill(
     data: str,
     out_path: str,
     limit: int | None = None,
-    max_new_tokens: int = 256,
+    max_new_tokens: int | None = None,
     batch_size: int = 4,
     judge_model: str | None = None,
     dtype: str = "auto",
     device: str | None = None,
 ) -> dict:
-    """Write the distilled parquet to `out_path`; return counts (rows, judged correct)."""
-    from .inference import generate, load_swaa_model
+    """Write the distilled parquet to `out_path`; return counts (rows, judged correct, truncated)."""
+    from .inference import load_swaa_model
 
     rows = load_eval_rows(data, limit)
     # The teacher is the original model as pretrained: full attention, no adapter.
     teacher, tokenizer = load_swaa_model(model, swaa=SWAAConfig(), dtype=dtype, device=device)
-    responses = generate(
+    thinking = opens_thinking(tokenizer)
+    generated = generate_responses(
         teacher,
         tokenizer,
         [r["prompt"] for r in rows],
-        max_new_tokens=max_new_tokens,
+        max_new_tokens=max_new_tokens or default_max_new_tokens(tokenizer),
         batch_size=batch_size,
         progress=True,
         desc="distill",
     )
-    rule = [int(is_correct(resp, row["answer"])) for row, resp in zip(rows, responses)]
+    responses = [g.text for g in generated]
+    # Only a finished answer is judged: truncated or still thinking is judge 0.
+    answers = [None if g.truncated else final_answer(g.text, thinking) for g in generated]
+    rule = [int(a is not None and is_correct(a, row["answer"])) for row, a in zip(rows, answers)]
     judge = rule
     if judge_model is not None:
         del teacher
         judge_llm, judge_tokenizer = load_swaa_model(judge_model, swaa=SWAAConfig(), dtype=dtype, device=device)
-        judge = judge_with_model(judge_llm, judge_tokenizer, rows, responses, batch_size)
+        finished = [i for i, a in enumerate(answers) if a is not None]
+        verdicts = judge_with_model(
+            judge_llm, judge_tokenizer, [rows[i] for i in finished], [answers[i] for i in finished], batch_size
+        )
+        judge = [0] * len(rows)
+        for i, v in zip(finished, verdicts):
+            judge[i] = v
+    # Keys load_eval_rows adds: a column only where some row has a value.
+    empty = {k for k in ("question_type", "choices") if all(row.get(k) is None for row in rows)}
     out_rows = [
-        {**row, "response": resp, "judge": j, "judge_rule": r} for row, resp, j, r in zip(rows, responses, judge, rule)
+        {
+            **{k: v for k, v in row.items() if k not in empty},
+            "response": resp,
+            "judge": j,
+            "judge_rule": r,
+            "truncated": g.truncated,
+        }
+        for row, resp, j, r, g in zip(rows, responses, judge, rule, generated)
     ]
     _write_parquet_atomic(out_rows, Path(out_path))
-    stats = {"rows": len(out_rows), "judged_correct": sum(judge), "out_path": str(out_path)}
-    logger.info("Self-distillation: %d of %d responses judged correct -> %s", sum(judge), len(out_rows), out_path)
+    truncated = sum(g.truncated for g in generated)
+    stats = {"rows": len(out_rows), "judged_correct": sum(judge), "truncated": truncated, "out_path": str(out_path)}
+    logger.info(
+        "Self-distillation: %d of %d responses judged correct, %d cut off at max_new_tokens -> %s",
+        sum(judge),
+        len(out_rows),
+        truncated,
+        out_path,
+    )
     return stats

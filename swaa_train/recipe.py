@@ -8,6 +8,7 @@ booleans (`no`, `off` stay strings) and `1e-4` is a number.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -84,6 +85,27 @@ class DataArgs:
         default_factory=lambda: [300, 600], metadata={"help": "path: synthetic: [min, max] prompt length in words."}
     )
     synthetic_seed: int = field(default=0, metadata={"help": "path: synthetic: generator seed."})
+    chat_template: str | None = field(
+        default=None,
+        metadata={
+            "help": "Chat template (Jinja) the rows are rendered with: a file path (e.g. a .jinja file) or the "
+            "template inline. Applied before tokenizing and saved with the tokenizer; default: the tokenizer's."
+        },
+    )
+    eval_path: str | None = field(
+        default=None,
+        metadata={
+            "help": "Evaluation rows (Hub dataset id or local file/directory, same layouts as path), tokenized and "
+            "filtered like the training rows; their loss is logged as eval_loss at training.eval_strategy."
+        },
+    )
+    eval_split: str = field(default="test", metadata={"help": "eval_path: dataset split."})
+    eval_fraction: float | None = field(
+        default=None,
+        metadata={
+            "help": "Instead of eval_path: hold out this fraction (0..1) of the training samples for evaluation."
+        },
+    )
 
     def __post_init__(self):
         formats = ("auto", "fusang_long", "messages", "prompt_completion", "instruction_output")
@@ -93,6 +115,15 @@ class DataArgs:
             raise ValueError(f"data.min_length must be a non-negative int, got {self.min_length!r}")
         if self.max_length is not None and (not is_int(self.max_length) or self.max_length < self.min_length):
             raise ValueError(f"data.max_length must be an int >= min_length, got {self.max_length!r}")
+        if self.chat_template is not None and (
+            not isinstance(self.chat_template, str) or not self.chat_template.strip()
+        ):
+            raise ValueError(f"data.chat_template must be a file path or a Jinja template, got {self.chat_template!r}")
+        f = self.eval_fraction
+        if f is not None and (isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 < f < 1):
+            raise ValueError(f"data.eval_fraction must be a number between 0 and 1 (exclusive), got {f!r}")
+        if f is not None and self.eval_path is not None:
+            raise ValueError(f"data.eval_fraction ({f!r}) and data.eval_path ({self.eval_path!r}): set one, not both")
         w = self.synthetic_words
         if not (isinstance(w, (list, tuple)) and len(w) == 2 and all(is_int(x) and x > 0 for x in w) and w[0] <= w[1]):
             raise ValueError(f"data.synthetic_words must be [min, max] positive ints, got {w!r}")
@@ -280,6 +311,41 @@ def build_recipe(raw: dict, name: str = "custom") -> Recipe:
         memory=_section(MemoryArgs, raw, "memory"),
         name=name,
     )
+
+
+SECRET_FIELDS = ("hub_token",)
+
+
+def resolved_recipe(recipe: Recipe, raw: dict) -> dict:
+    """The recipe as run, saved as recipe.yaml: every field of this package's sections (defaults
+    filled in), each value as the recipe file and overrides wrote it; `training` lists the
+    SFTConfig fields that were set (TRL's defaults for the rest). `--config recipe.yaml` reruns it."""
+    resolved = {}
+    for section in SECTIONS:
+        given = dict(raw.get(section) or {})
+        if section != "training":
+            given = {**dataclasses.asdict(getattr(recipe, section)), **given}
+        else:  # recipe.yaml goes up with every Hub push: the token stays out of it
+            given = {k: v for k, v in given.items() if k not in SECRET_FIELDS}
+        if given:
+            resolved[section] = given
+    return resolved
+
+
+def recipe_fields() -> dict[str, list[dataclasses.Field]]:
+    """Section name -> the init fields of its dataclass (the `training` section: TRL's SFTConfig)."""
+    from trl import SFTConfig
+
+    classes = {
+        "model": ModelArgs,
+        "swaa": SWAAConfig,
+        "lora": LoraArgs,
+        "data": DataArgs,
+        "training": SFTConfig,
+        "export": ExportArgs,
+        "memory": MemoryArgs,
+    }
+    return {section: [f for f in dataclasses.fields(classes[section]) if f.init] for section in SECTIONS}
 
 
 def load_recipe(name_or_path: str, overrides: list[str] | None = None) -> tuple[Recipe, dict]:

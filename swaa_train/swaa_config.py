@@ -86,22 +86,33 @@ class SWAAConfig:
             return self.force_fa_decode
         return layer_idx in self.force_fa_decode
 
-    def check_num_layers(self, num_layers: int) -> None:
-        """Raise if a layer index lies outside a model of `num_layers` layers."""
+    def check_num_layers(self, num_layers: int) -> dict[str, list[int]]:
+        """Warn about layer indices past a model of `num_layers` layers; return them per field.
+
+        They are ignored, not errors: the SWAA reference publishes settings for its deepest
+        model (e.g. non_sliding_layers 1, 3, ..., 47) and runs them on shallower ones, where a
+        layer that does not exist simply never asks. The indices stay in the config (and in
+        swaa_config.json), so the file still reads as it was written.
+        """
+        ignored = {}
         for name in ("non_sliding_layers", "force_fa_decode"):
             value = getattr(self, name)
-            bad = [i for i in value if i >= num_layers] if isinstance(value, list) else []
-            if bad:
-                raise ValueError(f"{name}: layer index {bad} out of range for a model of {num_layers} layers")
+            past = [i for i in value if i >= num_layers] if isinstance(value, list) else []
+            if past:
+                ignored[name] = past
+                logger.warning_once(
+                    f"{name}: layer index {past} past the last layer of a model of {num_layers} layers; ignored"
+                )
+        return ignored
 
     # -- (de)serialisation -----------------------------------------------------------------
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict, num_layers: int | None = None) -> SWAAConfig:
-        if not isinstance(data, dict):
-            raise ValueError(f"swaa config must be a mapping, got {type(data).__name__}")
+    def from_dict(cls, data, num_layers: int | None = None) -> SWAAConfig:
+        """Settings from a mapping, or from an object with the same fields (`settings_mapping`)."""
+        data = settings_mapping(data)
         reject_unknown(cls, data, "swaa config")
         config = cls(**data)
         if num_layers is not None:
@@ -136,6 +147,47 @@ class SWAAConfig:
         if self.non_sliding_layers:
             parts.append(f"full-attention layers {self.non_sliding_layers}")
         return ", ".join(parts)
+
+
+def settings_mapping(value) -> dict:
+    """The SWAA settings of `value` as a plain mapping.
+
+    Accepts a mapping, this package's `SWAAConfig`, or a config object written for the SWAA
+    reference code: its `SWAAConfig` dataclass (with a `dict()` method), attached to
+    `model.config.swaa_config` as the reference does, or any object with those attributes.
+    """
+    if isinstance(value, dict):
+        return value
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    for method in ("to_dict", "dict"):
+        if callable(getattr(value, method, None)):
+            data = getattr(value, method)()
+            if isinstance(data, dict):
+                return data
+    names = sorted(field_names(SWAAConfig))
+    if value is not None and any(hasattr(value, name) for name in names):
+        return {name: getattr(value, name) for name in names if hasattr(value, name)}
+    raise ValueError(f"swaa config must be a mapping or an object with the fields {names}, got {type(value).__name__}")
+
+
+def normalize_model_swaa_config(model) -> SWAAConfig | None:
+    """Turn a settings object on `model.config.swaa_config` (the reference's way) into a mapping.
+
+    transformers writes configs as JSON and the attention reads the entry as JSON, so an
+    object there raises "not JSON serializable"; the mapping carries the same settings.
+    Returns the settings, or None where the model's config has none.
+    """
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    holders = list({id(model.config): model.config, id(config): config}.values())  # one, or outer + text
+    raw = next((c.swaa_config for c in holders if getattr(c, "swaa_config", None) is not None), None)
+    if raw is None:
+        return None
+    swaa = SWAAConfig.from_dict(raw)
+    for holder in holders:
+        if getattr(holder, "swaa_config", None) is not None:
+            holder.swaa_config = swaa.to_dict()
+    return swaa
 
 
 # ------------------------------------------------------------------------------------------

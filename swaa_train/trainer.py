@@ -3,7 +3,10 @@
 What it adds to SFTTrainer:
 - every batch carries `swaa_full_from`, the index of each document's first supervised
   token, so answer tokens attend to all keys (FA decode) while the prompt uses the window;
-- swaa_config.json and a model card are written with every checkpoint and the final adapter.
+- swaa_config.json, the SWAA model card (README.md) and the recipe as run (recipe.yaml) are
+  written with every checkpoint and the final adapter, and are in every Hub push
+  (`training.push_to_hub`): the final one, each checkpoint's and `hub_strategy`'s checkpoint folders;
+- at the end of training, the loss curve as `loss.png` beside the adapter (with matplotlib).
 
 What SFTTrainer already does and this relies on: padding-free packing (`packing=True`,
 `packing_strategy="bfd"`: cu_seq_lens per document), PEFT wrapping from `peft_config`,
@@ -24,11 +27,15 @@ from pathlib import Path
 import torch
 import yaml
 from peft import LoraConfig
+from transformers import PreTrainedModel, TrainerCallback
+from transformers.utils import logging
 from trl import SFTTrainer
 
-from .attention import ATTN_IMPLEMENTATION, FULL_FROM_KEY, full_from_of_labels
+from .attention import ATTN_IMPLEMENTATION, FULL_FROM_KEY, apply_swaa, full_from_of_labels
 from .recipe import LoraArgs
-from .swaa_config import SWAAConfig
+from .swaa_config import SWAAConfig, normalize_model_swaa_config
+
+logger = logging.get_logger(__name__)
 
 # Batch entries with one value per document (or document boundary), not one per token.
 PER_DOCUMENT_KEYS = ("cu_seq_lens_q", "cu_seq_lens_k", FULL_FROM_KEY)
@@ -119,18 +126,71 @@ model = PeftModel.from_pretrained(base, "<this repo or directory>")
 """
 
 
+LOSS_PLOT_NAME = "loss.png"
+RECIPE_FILE_NAME = "recipe.yaml"
+
+
+def loss_curve(log_history: list[dict]) -> dict[str, tuple[list[int], list[float]]]:
+    """(steps, values) of the training loss and, where evaluated, the eval loss, from `state.log_history`."""
+    curves: dict[str, tuple[list[int], list[float]]] = {}
+    for key in ("loss", "eval_loss"):
+        points = [(log["step"], float(log[key])) for log in log_history if key in log and "step" in log]
+        if points:
+            curves[key] = ([step for step, _ in points], [value for _, value in points])
+    return curves
+
+
+def write_loss_plot(log_history: list[dict], path: str | Path, title: str = "") -> Path | None:
+    """Plot the loss curves to `path` (PNG); None, writing nothing, without matplotlib or losses."""
+    curves = loss_curve(log_history)
+    try:
+        from matplotlib.figure import Figure  # no pyplot: the caller's backend stays as it is
+    except ImportError:
+        return None
+    if not curves:
+        return None
+    figure = Figure(figsize=(6, 4), dpi=100)
+    axes = figure.add_subplot()
+    for key, (steps, values) in curves.items():
+        axes.plot(steps, values, marker="o" if key == "eval_loss" else None, markersize=3, label=key)
+    axes.set_xlabel("step")
+    axes.set_ylabel("loss")
+    axes.set_title(title)
+    axes.grid(alpha=0.3)
+    axes.legend()
+    figure.tight_layout()
+    figure.savefig(path)
+    return Path(path)
+
+
+class LossPlotCallback(TrainerCallback):
+    """Writes loss.png in the output directory when training ends (main process only)."""
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            Path(args.output_dir).mkdir(parents=True, exist_ok=True)
+            path = write_loss_plot(state.log_history, Path(args.output_dir) / LOSS_PLOT_NAME, title=args.run_name or "")
+            if path is not None:
+                logger.info("Loss curve written to %s", path)
+
+
 class SWAATrainer(SFTTrainer):
-    """SFTTrainer under the SWAA mask; saves swaa_config.json and a card beside every adapter."""
+    """SFTTrainer under the SWAA mask; saves swaa_config.json and a card beside every adapter.
+
+    `swaa_config` may be left out when the model already carries its settings as
+    `model.config.swaa_config` (a mapping, or the reference code's config object).
+    """
 
     def __init__(
         self,
         *args,
-        swaa_config: SWAAConfig,
+        swaa_config: SWAAConfig | None = None,
         base_model: str = "unknown",
         recipe_name: str = "custom",
         recipe_raw: dict | None = None,
         **kwargs,
     ):
+        swaa_config = self._swaa_settings(kwargs.get("model", args[0] if args else None), swaa_config)
         training_args = kwargs.get("args")
         # Our datasets are pre-tokenized with a completion_mask: train on the answer only
         # (on a copy: the caller's config stays as it was).
@@ -143,6 +203,20 @@ class SWAATrainer(SFTTrainer):
         self.recipe_raw = recipe_raw
         sequence_parallel = self._enable_sequence_parallel_attention()
         self.data_collator = FullFromCollator(self.data_collator, per_document_as_lists=sequence_parallel)
+        self.add_callback(LossPlotCallback())
+
+    @staticmethod
+    def _swaa_settings(model, swaa_config) -> SWAAConfig:
+        """The settings to train under; the model is switched to them (JSON-safe on its config)."""
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        base = base if isinstance(base, PreTrainedModel) else None  # a Hub id: SFTTrainer loads it
+        on_model = normalize_model_swaa_config(base) if base is not None else None
+        swaa = SWAAConfig.from_dict(swaa_config) if swaa_config is not None else on_model
+        if swaa is None:
+            raise ValueError("swaa_config: pass the SWAA settings, or set model.config.swaa_config")
+        if base is not None:  # also where the reference's way left another attention implementation
+            apply_swaa(base, swaa)
+        return swaa
 
     def _enable_sequence_parallel_attention(self) -> bool:
         """Under DeepSpeed Ulysses SP, have DeepSpeed wrap the model's own (SWAA) attention.
@@ -165,15 +239,25 @@ class SWAATrainer(SFTTrainer):
         self.write_swaa_files(output_dir or self.args.output_dir)
 
     def create_model_card(self, *args, **kwargs):
-        """The SWAA card in place of TRL's generic one (TRL writes its card at every checkpoint)."""
-        self.write_swaa_files(self.args.output_dir, config=False)
+        """The SWAA card in place of TRL's generic one (TRL writes its card at every checkpoint,
+        transformers before every final push)."""
+        self.write_swaa_files(self.args.output_dir)
 
-    def write_swaa_files(self, output_dir: str, config: bool = True) -> None:
+    def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
+        """A checkpoint push uploads the output directory, where transformers copies only the
+        weights from the checkpoint: the SWAA files go there first (the checkpoint folder,
+        uploaded too under hub_strategy checkpoint/all_checkpoints, has them from save_model)."""
+        self.write_swaa_files(self.args.output_dir)
+        super()._push_from_checkpoint(checkpoint_folder)
+
+    def write_swaa_files(self, output_dir: str) -> None:
+        """swaa_config.json, the SWAA card (README.md) and, when known, recipe.yaml in `output_dir`."""
         if not self.args.should_save:
             return
         output_dir = Path(output_dir)
         output_dir.mkdir(parents=True, exist_ok=True)
-        if config:
-            self.swaa_config.save(output_dir)
+        self.swaa_config.save(output_dir)
         card = model_card(self.swaa_config, self.base_model, self.recipe_name, self.recipe_raw)
         (output_dir / "README.md").write_text(card)
+        if self.recipe_raw:
+            (output_dir / RECIPE_FILE_NAME).write_text(yaml.safe_dump(self.recipe_raw, sort_keys=False))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 import torch
 from conftest import VOCAB, tiny_model
@@ -134,9 +136,20 @@ def test_model_outside_attention_interface_is_refused():
         check_supported(Legacy())
 
 
-def test_layer_index_out_of_range_is_refused():
-    with pytest.raises(ValueError, match="non_sliding_layers.*out of range"):
-        apply_swaa(tiny_model("qwen3"), SWAAConfig(sliding_window_size=4, non_sliding_layers=[7]))
+def test_layer_index_past_the_model_is_ignored_with_a_warning(caplog):
+    # Settings written for the reference code list layers of its deepest model (issue 15): they
+    # are accepted, and the warning names the indices no layer of this model will ask about.
+    logger = logging.getLogger("swaa_train.swaa_config")
+    logger.addHandler(caplog.handler)
+    try:
+        model = apply_swaa(tiny_model("qwen3"), SWAAConfig(sliding_window_size=4, non_sliding_layers=[7]))
+    finally:
+        logger.removeHandler(caplog.handler)
+    assert model.config.swaa_config["non_sliding_layers"] == [7]
+    assert any(
+        "non_sliding_layers: layer index [7] past the last layer of a model of 3 layers" in r.getMessage()
+        for r in caplog.records
+    )
 
 
 def test_mixed_dtypes_from_autocast_run_in_the_dtype_of_v():

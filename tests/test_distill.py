@@ -8,10 +8,11 @@ from test_export import make_adapter_dir
 from transformers import AutoTokenizer
 
 import swaa_train.inference as inference
+from swaa_train import distill
 from swaa_train.cli import main
 from swaa_train.data import build_sft_dataset, load_rows
 from swaa_train.distill import judge_with_model, run_self_distill
-from swaa_train.evaluate import is_correct
+from swaa_train.evaluate import Response, is_correct
 from swaa_train.synthetic import make_longqa_rows, write_parquet
 
 
@@ -57,9 +58,10 @@ def test_judged_rows_are_filtered_by_the_loader(demo, tmp_path, monkeypatch):
 
     # A teacher that answers right on even rows only.
     def fake_generate(model, tokenizer, prompts, **kwargs):
-        return [f"It is {rows[i]['answer']}." if i % 2 == 0 else "I do not know." for i in range(len(prompts))]
+        texts = [f"It is {rows[i]['answer']}." if i % 2 == 0 else "I do not know." for i in range(len(prompts))]
+        return [Response(text, truncated=False, new_tokens=4) for text in texts]
 
-    monkeypatch.setattr(inference, "generate", fake_generate)
+    monkeypatch.setattr(distill, "generate_responses", fake_generate)
     out = tmp_path / "distilled.parquet"
     stats = run_self_distill(str(base), str(data), str(out))
     assert stats["rows"] == 4 and stats["judged_correct"] == 2
@@ -79,3 +81,27 @@ def test_judge_model_verdicts(monkeypatch):
     rows = [{"question": f"q{i}", "answer": f"a{i}", "prompt": "p"} for i in range(3)]
     assert judge_with_model(None, None, rows, ["r0", "r1", "r2"]) == [1, 0, 1]
     assert "Reference answer: a1" in seen[1] and "Response: r1" in seen[1]
+
+
+def test_truncated_or_unfinished_responses_are_never_training_data(demo, tmp_path, monkeypatch):
+    base, data, rows = demo
+    scripted = [
+        Response(f"<think>it must be {rows[0]['answer']}</think> It is {rows[0]['answer']}.", False, 20),
+        Response(f"It is {rows[1]['answer']} because", True, 256),  # right, but cut off
+        Response(f"<think>maybe {rows[2]['answer']}", True, 256),  # still thinking
+        Response("<think>no idea</think> I do not know.", False, 9),
+    ]
+    seen = {}
+
+    def fake_generate(model, tokenizer, prompts, max_new_tokens, **kwargs):
+        seen["max_new_tokens"] = max_new_tokens
+        return scripted[: len(prompts)]
+
+    monkeypatch.setattr(distill, "generate_responses", fake_generate)
+    out = tmp_path / "distilled.parquet"
+    stats = run_self_distill(str(base), str(data), str(out))
+    written = pd.read_parquet(out)
+    assert written["judge"].tolist() == [1, 0, 0, 0] and written["truncated"].tolist() == [False, True, True, False]
+    assert stats["truncated"] == 2 and stats["judged_correct"] == 1
+    assert seen["max_new_tokens"] == 2000  # the reference's length for a model that does not open <think>
+    assert "question_type" not in written.columns and "choices" not in written.columns

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import os
 import subprocess
 import sys
@@ -78,3 +79,80 @@ def test_installed_recipes_work_from_any_directory(wheel, tmp_path):
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.split() == ["demo", "SaveStrategy.NO"]
+
+
+# ------------------------------------------------------------------------------------------
+# Dependencies
+# ------------------------------------------------------------------------------------------
+DISTRIBUTION_OF = {"yaml": "pyyaml"}  # import name -> distribution name, where they differ
+OPTIONAL = {"matplotlib": "repro"}  # imported only where installed (loss.png), declared as an extra
+# The versions the suite passed on: this machine's, and the GPU image's transformers.
+TESTED = {"transformers": ["5.17.0", "5.24.0"], "trl": ["1.16.0"], "peft": ["0.21.2"]}
+
+
+def _pyproject() -> dict:
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+
+
+def _imported_libraries() -> set[str]:
+    names = set()
+    for path in [*(ROOT / "swaa_train").glob("*.py"), *(ROOT / "kernels" / "swaa_attn").glob("*.py")]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names.update(alias.name.split(".")[0] for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                names.add(node.module.split(".")[0])
+    return {n for n in names if n not in sys.stdlib_module_names and n not in ("swaa_train", "swaa_attn")}
+
+
+def test_every_imported_library_is_declared():
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    project = _pyproject()
+    names = lambda reqs: {canonicalize_name(Requirement(r).name) for r in reqs}  # noqa: E731
+    declared = names(project["dependencies"])
+    extras = {extra: names(reqs) for extra, reqs in project["optional-dependencies"].items()}
+    imported = _imported_libraries()
+    assert {"tqdm", "torch", "trl", "yaml"} <= imported  # the scan sees the package
+    for name in imported:
+        distribution = canonicalize_name(DISTRIBUTION_OF.get(name, name))
+        if name in OPTIONAL:
+            assert distribution in extras[OPTIONAL[name]], name
+        else:
+            assert distribution in declared, f"{name} is imported but not a declared dependency"
+
+
+def test_libraries_whose_internals_are_used_are_bounded_and_admit_the_tested_versions():
+    from importlib.metadata import version
+
+    from packaging.requirements import Requirement
+
+    requirements = {Requirement(r).name.lower(): Requirement(r) for r in _pyproject()["dependencies"]}
+    for name, tested in TESTED.items():
+        specifier = requirements[name].specifier
+        assert any(spec.operator in ("<", "<=", "~=", "==") for spec in specifier), f"{name} has no upper bound"
+        for tested_version in [*tested, version(name)]:
+            assert specifier.contains(tested_version), (name, tested_version, str(specifier))
+    assert str(requirements["torch"].specifier) == ">=2.6"  # pip keeps the torch build installed first
+
+
+def test_readme_shows_the_new_recipe_fields_and_flags():
+    readme = (ROOT / "README.md").read_text()
+    for name in (
+        "chat_template",
+        "eval_path",
+        "eval_split",
+        "eval_fraction",
+        "report_to",
+        "push_to_hub",
+        "hub_strategy",
+    ):
+        assert f"`{name}`" in readme or f".{name}" in readme, name
+    for flag in ("--config", "--help", "--judge-model", "--max-prompt-tokens", "--length-bins", "--max-new-tokens"):
+        assert flag in readme, flag
+    for recipe in ("qwen3_swa2k_reference", "qwen3_swa2k", "llama31_swa4k", "demo"):
+        assert f"| `{recipe}` |" in readme, recipe
+    for written in ("recipe.yaml", "loss.png", "swaa_config.json"):
+        assert f"`{written}`" in readme, written

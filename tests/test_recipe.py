@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import logging
 
 import pytest
+import torch
 import yaml
+from conftest import VOCAB, tiny_model
 
-from swaa_train.recipe import apply_overrides, build_recipe, load_recipe, resolve_recipe_path
-from swaa_train.swaa_config import SWAAConfig
+from swaa_train.attention import apply_swaa
+from swaa_train.recipe import apply_overrides, build_recipe, load_recipe, resolve_recipe_path, shipped_recipes
+from swaa_train.swaa_config import SWAAConfig, normalize_model_swaa_config
 
 
 def test_per_layer_resolution():
@@ -51,10 +56,77 @@ def test_bad_swaa_field_is_named(data, field):
         SWAAConfig.from_dict(data)
 
 
-def test_layer_out_of_range_named_at_load(tmp_path):
-    (tmp_path / "swaa_config.json").write_text(json.dumps({"sliding_window_size": 8, "non_sliding_layers": [3, 40]}))
-    with pytest.raises(ValueError, match=r"non_sliding_layers: layer index \[40\] out of range.*36"):
-        SWAAConfig.load(tmp_path, num_layers=36)
+@pytest.fixture
+def swaa_warnings(caplog):
+    """Warnings of swaa_train.swaa_config, whatever the CLI did to the package logger's propagation."""
+    logger = logging.getLogger("swaa_train.swaa_config")
+    logger.addHandler(caplog.handler)
+    caplog.set_level(logging.WARNING, logger="swaa_train.swaa_config")
+    yield caplog
+    logger.removeHandler(caplog.handler)
+
+
+def test_layers_past_the_model_are_ignored_with_a_warning(tmp_path, swaa_warnings):
+    # The reference's published settings: every other layer of its deepest model (1..47), run on 36 layers.
+    layers = list(range(1, 48, 2))
+    (tmp_path / "swaa_config.json").write_text(json.dumps({"sliding_window_size": 8, "non_sliding_layers": layers}))
+    cfg = SWAAConfig.load(tmp_path, num_layers=36)
+    assert cfg.non_sliding_layers == layers  # the file reads as it was written
+    assert [cfg.layer_window(i) for i in range(36)] == [None if i % 2 else 8 for i in range(36)]
+    (message,) = {r.getMessage() for r in swaa_warnings.records}
+    assert "non_sliding_layers: layer index [37, 39, 41, 43, 45, 47]" in message and "36 layers; ignored" in message
+    assert cfg.check_num_layers(40) == {"non_sliding_layers": [41, 43, 45, 47]}
+    assert SWAAConfig(8, force_fa_decode=[0, 50]).check_num_layers(36) == {"force_fa_decode": [50]}
+
+
+def test_layers_past_the_model_change_nothing_in_the_attention():
+    ids = torch.randint(0, VOCAB, (1, 40), generator=torch.Generator().manual_seed(0))
+    logits = []
+    for layers in ([1], [1, 5, 7]):  # the tiny model has 3 layers
+        model = apply_swaa(tiny_model("qwen3"), SWAAConfig(8, 2, False, layers))
+        with torch.no_grad():
+            logits.append(model(input_ids=ids).logits)
+    torch.testing.assert_close(logits[0], logits[1], rtol=0, atol=0)
+    full = tiny_model("qwen3")
+    with torch.no_grad():
+        assert not torch.allclose(full(input_ids=ids).logits, logits[0])  # the window does act
+
+
+@dataclasses.dataclass
+class ReferenceStyleConfig:
+    """A settings object shaped like the SWAA reference code's config (fields and a dict() method)."""
+
+    sliding_window_size: int | None = None
+    keep_first: int = 0
+    force_fa_decode: bool | list = False
+    non_sliding_layers: list = dataclasses.field(default_factory=list)
+
+    def dict(self):
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+
+class AttributesOnly:
+    def __init__(self, **kwargs):
+        self.__dict__.update(kwargs)
+
+
+@pytest.mark.parametrize("make", [ReferenceStyleConfig, AttributesOnly, dict, SWAAConfig])
+def test_settings_objects_are_read_by_field_name(make):
+    values = dict(sliding_window_size=2048, keep_first=100, force_fa_decode=True, non_sliding_layers=[3, 1])
+    assert SWAAConfig.from_dict(make(**values)) == SWAAConfig(2048, 100, True, [1, 3])
+    with pytest.raises(ValueError, match="swaa config must be a mapping or an object"):
+        SWAAConfig.from_dict(42)
+
+
+def test_reference_config_object_on_model_config_becomes_json():
+    model = tiny_model("qwen3")
+    model.config.swaa_config = ReferenceStyleConfig(16, 2, True, [1, 3, 5])  # the reference's way
+    with pytest.raises(TypeError, match="not JSON serializable"):
+        model.config.to_json_string()
+    swaa = normalize_model_swaa_config(model)
+    assert swaa == SWAAConfig(16, 2, True, [1, 3, 5])
+    assert json.loads(model.config.to_json_string())["swaa_config"] == swaa.to_dict()
+    assert normalize_model_swaa_config(tiny_model("qwen3")) is None
 
 
 def _raw():
@@ -118,7 +190,14 @@ def test_overrides():
             apply_overrides(_raw(), [bad])
 
 
-@pytest.mark.parametrize("name", ["demo", "qwen3_swa2k", "llama31_swa4k"])
+SHIPPED = ["demo", "qwen3_swa2k", "qwen3_swa2k_reference", "llama31_swa4k"]
+
+
+def test_every_shipped_recipe_is_tested():
+    assert sorted(shipped_recipes()) == sorted(SHIPPED)
+
+
+@pytest.mark.parametrize("name", SHIPPED)
 def test_shipped_recipes_parse(name):
     # bf16 cannot be validated without a GPU: switch it off as a CPU user would.
     recipe, raw = load_recipe(name, ["training.bf16=false", "training.use_cpu=true"])
@@ -133,6 +212,16 @@ def test_shipped_recipes_parse(name):
             and recipe.lora.target_modules == ["q_proj", "k_proj", "v_proj"]
         )
         assert recipe.training.learning_rate == 1e-4 and recipe.training.packing
+    if name == "qwen3_swa2k_reference":  # the values of the reference's SFT script and published adapter
+        assert recipe.model.name_or_path == "Qwen/Qwen3-4B-Instruct-2507"
+        assert recipe.swaa == SWAAConfig(2048, 100, True, list(range(1, 36, 2)))
+        assert (recipe.lora.r, recipe.lora.alpha, recipe.lora.dropout, recipe.lora.use_rslora) == (16, 32, 0.1, True)
+        assert (recipe.data.min_length, recipe.data.max_length, recipe.data.judge_filter) == (10, 34000, True)
+        t = recipe.training
+        assert not t.packing and (t.per_device_train_batch_size, t.gradient_accumulation_steps) == (1, 8)
+        assert (t.learning_rate, t.lr_scheduler_type.value, t.warmup_steps) == (1e-4, "linear", 0.05)
+        assert (t.num_train_epochs, t.max_grad_norm, t.seed, t.max_length) == (1, 1.0, 0, 34000)
+        assert t.train_sampling_strategy == "group_by_length"
 
 
 def test_recipe_path_resolution(tmp_path):
