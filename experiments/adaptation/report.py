@@ -1,0 +1,296 @@
+"""Report of the multi-seed study: markdown tables, plots with error bars, the targets.
+
+    write_study_report(study, rows, out_dir) -> out_dir/summary.json, report.md, ladder.png,
+                                                 bins.png, tradeoff.png
+
+Every number is a mean over seeds with two 95% intervals (stats.py): "t" across seeds,
+"boot" a bootstrap over questions. Error bars in the plots are the t interval (the bootstrap
+one where there is a single seed).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from experiments.adaptation.stats import NO_LORA, REFERENCE, evaluate_targets, find, summarize
+from experiments.adaptation.study import StudyConfig, setting_name
+from swaa_train.swaa_config import SWAAConfig
+
+
+def pct(value: float | None, digits: int = 1) -> str:
+    return "-" if value is None else f"{100 * value:.{digits}f}%"
+
+
+def cell(record: dict | None, relative: bool = False) -> str:
+    """ "mean (t low-high; boot low-high)" of a summary record, or "-"."""
+    if record is None:
+        return "-"
+    prefix = "relative_" if relative else ""
+    mean = record["relative" if relative else "mean"]
+    if mean is None:
+        return "-"
+    t, boot = record[f"{prefix}t_interval"], record[f"{prefix}bootstrap_interval"]
+    bound = lambda v: "-" if v is None else f"{100 * v:.0f}"
+    return f"{pct(mean)} (t {bound(t[0])}-{bound(t[1])}; boot {bound(boot[0])}-{bound(boot[1])})"
+
+
+def short_cell(record: dict | None) -> str:
+    """ "mean ± half-width of the t interval" (the bootstrap one with a single seed)."""
+    if record is None:
+        return "-"
+    low, high = error_bounds(record)
+    return f"{100 * record['mean']:.0f} ± {50 * (high - low):.0f}" if low is not None else f"{100 * record['mean']:.0f}"
+
+
+def error_bounds(record: dict) -> tuple[float | None, float | None]:
+    low, high = record["t_interval"]
+    return (low, high) if low is not None else tuple(record["bootstrap_interval"])
+
+
+def _names(study: StudyConfig, num_layers: int) -> dict[str, list[str]]:
+    ladder = [setting_name(s) for s in study.ladder(num_layers)]
+    return {
+        "ladder": ladder,
+        "naive": setting_name(SWAAConfig(study.window)),
+        "fa_decode": setting_name(SWAAConfig(study.window, study.sinks, True)),
+    }
+
+
+# ------------------------------------------------------------------------------------------
+# Tables
+# ------------------------------------------------------------------------------------------
+def ladder_table(summary: list[dict], ladder: list[str], lora: str) -> str:
+    lines = [
+        "| setting | LoRA | all questions | in range | beyond range | vs full (in range) | KV saved | prefill cost |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for who in (NO_LORA, lora):
+        for name in ladder:
+            rec = {s: find(summary, who, name, s) for s in ("all", "in range", "beyond range")}
+            if rec["all"] is None:
+                continue
+            lines.append(
+                f"| {name} | {who} | {cell(rec['all'])} | {cell(rec['in range'])} | {cell(rec['beyond range'])} | "
+                f"{cell(rec['in range'], relative=True)} | {pct(rec['all']['kv_cache_saved'], 0)} | "
+                f"{pct(rec['all']['prefill_cost'])} |"
+            )
+    return "\n".join(lines)
+
+
+def bins_table(summary: list[dict], keys: list[tuple[str, str]], bins: list[str]) -> str:
+    lines = ["| setting | LoRA | " + " | ".join(bins) + " |", "| --- | --- |" + " --- |" * len(bins)]
+    for lora, name in keys:
+        if find(summary, lora, name) is None:
+            continue
+        lines.append(
+            f"| {name} | {lora} | " + " | ".join(short_cell(find(summary, lora, name, b)) for b in bins) + " |"
+        )
+    return "\n".join(lines)
+
+
+def arm_rows(summary: list[dict], study: StudyConfig, subset: str = "in range") -> list[dict]:
+    """For each arm: its own setting with its LoRA, without LoRA, and with its LoRA + FA decode."""
+    out = []
+    for arm in study.arms:
+        own = setting_name(arm.swaa)
+        with_fa = setting_name(SWAAConfig(**{**arm.swaa.to_dict(), "force_fa_decode": True}))
+        out.append(
+            {
+                "arm": arm,
+                "setting": own,
+                "lora": find(summary, arm.name, own, subset),
+                "base": find(summary, NO_LORA, own, subset),
+                "lora_fa": find(summary, arm.name, with_fa, subset) if with_fa != own else None,
+            }
+        )
+    return out
+
+
+def arms_table(summary: list[dict], study: StudyConfig) -> str:
+    lines = [
+        "| LoRA | trained under | factor = level | steps | KV saved | prefill cost | no LoRA | with its LoRA | "
+        "vs full | its LoRA + FA decode |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in arm_rows(summary, study):
+        arm, rec = r["arm"], r["lora"]
+        if rec is None:
+            continue
+        steps = rec["lora_steps"]
+        lines.append(
+            f"| {arm.name} | {r['setting']} | {f'{arm.factor} = {arm.level}' if arm.factor else 'centre'} | "
+            f"{min(steps)}-{max(steps)} | {pct(rec['kv_cache_saved'], 0)} | {pct(rec['prefill_cost'])} | "
+            f"{cell(r['base'])} | {cell(rec)} | {cell(rec, relative=True)} | {cell(r['lora_fa'])} |"
+        )
+    return "\n".join(lines)
+
+
+def targets_table(targets: list[dict]) -> str:
+    word = {True: "**met**", False: "**missed**", None: "not run"}
+    lines = ["| target | verdict | evidence |", "| --- | --- | --- |"]
+    lines += [f"| {t['target']} | {word[t['met']]} | {t['evidence']} |" for t in targets]
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------
+# Plots
+# ------------------------------------------------------------------------------------------
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _errorbar(ax, x, records, **kwargs):
+    means = [100 * r["mean"] for r in records]
+    bounds = [error_bounds(r) for r in records]
+    yerr = [
+        [m - 100 * (b[0] if b[0] is not None else m / 100) for m, b in zip(means, bounds)],
+        [100 * (b[1] if b[1] is not None else m / 100) - m for m, b in zip(means, bounds)],
+    ]
+    return ax.errorbar(x, means, yerr=yerr, capsize=3, **kwargs)
+
+
+def plot_ladder(summary: list[dict], ladder: list[str], lora: str, path: Path, subset: str = "all") -> Path:
+    """Accuracy of the ladder without and with the LoRA: bars, t interval, bootstrap interval, seeds."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 4.2), dpi=130)
+    for k, (who, color) in enumerate(((NO_LORA, "tab:gray"), (lora, "tab:blue"))):
+        records = [find(summary, who, name, subset) for name in ladder]
+        xs = [i + (k - 0.5) * 0.38 for i, r in enumerate(records) if r]
+        records = [r for r in records if r]
+        if not records:
+            continue
+        ax.bar(xs, [100 * r["mean"] for r in records], width=0.36, color=color, alpha=0.6, label=f"LoRA: {who}")
+        _errorbar(ax, xs, records, fmt="none", ecolor="k", lw=1.2)
+        for x, r in zip(xs, records):
+            low, high = r["bootstrap_interval"]
+            ax.plot([x + 0.08, x + 0.08], [100 * low, 100 * high], color="tab:red", lw=2, alpha=0.7)
+            ax.scatter([x - 0.08] * len(r["per_seed"]), [100 * v for v in r["per_seed"]], s=8, color="k", zorder=3)
+    ax.plot([], [], color="tab:red", lw=2, label="95% bootstrap over questions")
+    ax.errorbar([], [], yerr=[], fmt="none", ecolor="k", capsize=3, label="95% t interval over seeds")
+    ax.set_xticks(range(len(ladder)), [n.replace(" + ", "\n+ ") for n in ladder], fontsize=6)
+    ax.set_ylabel(f"accuracy, {subset} questions (%)")
+    ax.set_ylim(0, 105)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=7)
+    return _save(fig, plt, path)
+
+
+def plot_bins(summary: list[dict], keys: list[tuple[str, str]], length_bins, depth_bins, path: Path) -> Path:
+    """Accuracy per length bin and per depth bin, one line (with error bars) per (LoRA, setting)."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.2), dpi=130, sharey=True)
+    for ax, bins, title in ((axes[0], length_bins, "prompt length (tokens)"), (axes[1], depth_bins, "fact depth")):
+        for k, (lora, name) in enumerate(keys):
+            records = [find(summary, lora, name, b) for b in bins]
+            if not all(records):
+                continue
+            xs = [i + 0.04 * (k - len(keys) / 2) for i in range(len(bins))]
+            label = name if lora == NO_LORA else f"{name} + LoRA {lora}"
+            _errorbar(ax, xs, records, marker="o", ms=4, lw=1, label=label, ls="-" if lora == NO_LORA else "--")
+        ax.set_xticks(range(len(bins)), bins, fontsize=8)
+        ax.set_xlabel(title)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("accuracy (%)")
+    axes[0].set_ylim(-3, 105)
+    axes[1].legend(fontsize=6, loc="best")
+    return _save(fig, plt, path)
+
+
+def plot_tradeoff(summary: list[dict], study: StudyConfig, path: Path, subset: str = "in range") -> Path:
+    """Accuracy of each arm's setting, with its LoRA and without, against KV cache saved and
+    against prefill cost."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.4), dpi=130, sharey=True)
+    rows = arm_rows(summary, study, subset)
+    full = find(summary, *REFERENCE, subset)
+    colors = {"ladder": "tab:blue", "kv": "tab:orange", "sweep": "tab:green"}
+    for ax, key, label in (
+        (axes[0], "kv_cache_saved", "KV cache saved (%)"),
+        (axes[1], "prefill_cost", "prefill cost (%)"),
+    ):
+        for r in rows:
+            for rec, marker, color in ((r["base"], "o", "tab:gray"), (r["lora"], "^", colors[r["arm"].group])):
+                if rec is None:
+                    continue
+                _errorbar(ax, [100 * rec[key]], [rec], fmt=marker, color=color, ms=5)
+            if r["lora"] is not None:
+                x, y = 100 * r["lora"][key], 100 * r["lora"]["mean"]
+                ax.annotate(r["arm"].name, (x, y), textcoords="offset points", xytext=(4, 3), fontsize=6)
+        if full:
+            ax.axhline(100 * full["mean"], ls="--", lw=0.8, color="k")
+            ax.axhline(50 * full["mean"], ls=":", lw=0.8, color="tab:red")
+        ax.set_xlabel(label)
+        ax.set_xlim(-3, 103)
+        ax.grid(alpha=0.3)
+    axes[0].axvline(50, ls=":", lw=0.8, color="tab:red")
+    axes[0].set_ylabel(f"accuracy, {subset} questions (%)")
+    axes[0].set_ylim(-3, 105)
+    handles = [
+        axes[0].scatter([], [], marker="o", color="tab:gray", label="no LoRA"),
+        *(axes[0].scatter([], [], marker="^", color=c, label=f"LoRA ({g})") for g, c in colors.items()),
+        axes[0].plot([], [], ls="--", color="k", label="full attention")[0],
+        axes[0].plot([], [], ls=":", color="tab:red", label="50% of full / 50% KV saved")[0],
+    ]
+    axes[1].legend(handles=handles, fontsize=7, loc="best")
+    return _save(fig, plt, path)
+
+
+def _save(fig, plt, path: Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+# ------------------------------------------------------------------------------------------
+# The whole report
+# ------------------------------------------------------------------------------------------
+def write_study_report(
+    study: StudyConfig, rows: list[dict], out_dir: str | Path, *, resamples: int = 2000, plot_prefix: str = ""
+) -> dict:
+    """summary.json (every record and the targets), report.md and the three plots in out_dir."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    summary = summarize(rows, resamples=resamples)
+    num_layers = rows[0]["num_layers"]
+    names = _names(study, num_layers)
+    lora = study.ladder_arm.name
+    targets = evaluate_targets(summary, lora, names["fa_decode"], names["naive"])
+    keys = [(NO_LORA, n) for n in names["ladder"]] + [(lora, n) for n in names["ladder"][3:]]
+    keys += [(NO_LORA, setting_name(a.swaa)) for a in study.arms if a.group == "kv"]
+    keys += [(a.name, setting_name(a.swaa)) for a in study.arms if a.group == "kv"]
+    keys = list(dict.fromkeys(keys))
+    length_bins, depth_bins = list(study.length_bins), list(study.depth_bins)
+    seeds = sorted({r["seed"] for r in rows})
+    questions = len({r["index"] for r in rows})
+    plots = {
+        "ladder": plot_ladder(summary, names["ladder"], lora, out / f"{plot_prefix}ladder.png"),
+        "bins": plot_bins(summary, keys, length_bins, depth_bins, out / f"{plot_prefix}bins.png"),
+        "tradeoff": plot_tradeoff(summary, study, out / f"{plot_prefix}tradeoff.png"),
+    }
+    report = "\n\n".join(
+        [
+            f"# Adaptation study: {len(seeds)} seeds ({', '.join(map(str, seeds))}) x {questions} questions",
+            "Each cell: mean over seeds (t: 95% t interval over seeds; boot: 95% bootstrap over questions).",
+            "## Targets (in-range questions)\n\n" + targets_table(targets),
+            "## The ladder, without and with the FA-decode LoRA\n\n" + ladder_table(summary, names["ladder"], lora),
+            f"![ladder]({plots['ladder'].name})",
+            "## Per length bin and per depth bin (mean ± half the t interval, %)\n\n"
+            + bins_table(summary, keys, length_bins + depth_bins),
+            f"![bins]({plots['bins'].name})",
+            "## Every LoRA under its own setting (in-range questions)\n\n" + arms_table(summary, study),
+            f"![tradeoff]({plots['tradeoff'].name})",
+        ]
+    )
+    (out / "report.md").write_text(report + "\n")
+    result = {"seeds": seeds, "questions": questions, "targets": targets, "summary": summary}
+    (out / "summary.json").write_text(json.dumps(result, indent=1) + "\n")
+    return result
