@@ -4,7 +4,8 @@
                                                  bins.png, tradeoff.png
 
 Every number is a mean over seeds with two 95% intervals (stats.py): "t" across seeds,
-"boot" a bootstrap over questions. Error bars in the plots are the t interval (the bootstrap
+"boot" a bootstrap over questions. The recovery sweep varies one factor of the KV arm
+without FA decode (study.default_arms) at a time, so that arm is every factor's reference. Error bars in the plots are the t interval (the bootstrap
 one where there is a single seed).
 """
 
@@ -23,7 +24,7 @@ def pct(value: float | None, digits: int = 1) -> str:
 
 
 def cell(record: dict | None, relative: bool = False) -> str:
-    """ "mean (t low-high; boot low-high)" of a summary record, or "-"."""
+    """ "mean [t low, high; boot low, high]" of a summary record (percent), or "-"."""
     if record is None:
         return "-"
     prefix = "relative_" if relative else ""
@@ -32,7 +33,7 @@ def cell(record: dict | None, relative: bool = False) -> str:
         return "-"
     t, boot = record[f"{prefix}t_interval"], record[f"{prefix}bootstrap_interval"]
     bound = lambda v: "-" if v is None else f"{100 * v:.0f}"
-    return f"{pct(mean)} (t {bound(t[0])}-{bound(t[1])}; boot {bound(boot[0])}-{bound(boot[1])})"
+    return f"{pct(mean)} [t {bound(t[0])}, {bound(t[1])}; boot {bound(boot[0])}, {bound(boot[1])}]"
 
 
 def short_cell(record: dict | None) -> str:
@@ -109,7 +110,7 @@ def arm_rows(summary: list[dict], study: StudyConfig, subset: str = "in range") 
 
 def arms_table(summary: list[dict], study: StudyConfig) -> str:
     lines = [
-        "| LoRA | trained under | factor = level | steps | KV saved | prefill cost | no LoRA | with its LoRA | "
+        "| LoRA | trained under | arm | steps | KV saved | prefill cost | no LoRA | with its LoRA | "
         "vs full | its LoRA + FA decode |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
@@ -119,7 +120,7 @@ def arms_table(summary: list[dict], study: StudyConfig) -> str:
             continue
         steps = rec["lora_steps"]
         lines.append(
-            f"| {arm.name} | {r['setting']} | {f'{arm.factor} = {arm.level}' if arm.factor else 'centre'} | "
+            f"| {arm.name} | {r['setting']} | {arm.group}{f': {arm.factor} = {arm.level}' if arm.factor else ''} | "
             f"{min(steps)}-{max(steps)} | {pct(rec['kv_cache_saved'], 0)} | {pct(rec['prefill_cost'])} | "
             f"{cell(r['base'])} | {cell(rec)} | {cell(rec, relative=True)} | {cell(r['lora_fa'])} |"
         )
@@ -128,8 +129,9 @@ def arms_table(summary: list[dict], study: StudyConfig) -> str:
 
 def targets_table(targets: list[dict]) -> str:
     word = {True: "**met**", False: "**missed**", None: "not run"}
-    lines = ["| target | verdict | evidence |", "| --- | --- | --- |"]
-    lines += [f"| {t['target']} | {word[t['met']]} | {t['evidence']} |" for t in targets]
+    sure = {True: "both on the verdict's side", False: "an interval crosses the threshold", None: ""}
+    lines = ["| target | verdict | intervals | evidence |", "| --- | --- | --- | --- |"]
+    lines += [f"| {t['target']} | {word[t['met']]} | {sure[t['interval_agrees']]} | {t['evidence']} |" for t in targets]
     return "\n".join(lines)
 
 
@@ -184,7 +186,7 @@ def plot_ladder(summary: list[dict], ladder: list[str], lora: str, path: Path, s
 def plot_bins(summary: list[dict], keys: list[tuple[str, str]], length_bins, depth_bins, path: Path) -> Path:
     """Accuracy per length bin and per depth bin, one line (with error bars) per (LoRA, setting)."""
     plt = _pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4.2), dpi=130, sharey=True)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.2 + 0.12 * len(keys)), dpi=130, sharey=True)
     for ax, bins, title in ((axes[0], length_bins, "prompt length (tokens)"), (axes[1], depth_bins, "fact depth")):
         for k, (lora, name) in enumerate(keys):
             records = [find(summary, lora, name, b) for b in bins]
@@ -198,8 +200,10 @@ def plot_bins(summary: list[dict], keys: list[tuple[str, str]], length_bins, dep
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("accuracy (%)")
     axes[0].set_ylim(-3, 105)
-    axes[1].legend(fontsize=6, loc="best")
-    return _save(fig, plt, path)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=7, loc="lower center", ncol=2, frameon=False)
+    fig.tight_layout(rect=(0, 0.01 + 0.035 * ((len(labels) + 1) // 2), 1, 1))
+    return _save(fig, plt, path, layout=False)
 
 
 def plot_tradeoff(summary: list[dict], study: StudyConfig, path: Path, subset: str = "in range") -> Path:
@@ -214,14 +218,30 @@ def plot_tradeoff(summary: list[dict], study: StudyConfig, path: Path, subset: s
         (axes[0], "kv_cache_saved", "KV cache saved (%)"),
         (axes[1], "prefill_cost", "prefill cost (%)"),
     ):
+        seen: dict[float, int] = {}
         for r in rows:
+            if r["lora"] is None:
+                continue
+            x = 100 * r["lora"][key]
+            shift = 1.2 * seen.get(round(x), 0)  # arms at the same cost side by side
+            seen[round(x)] = seen.get(round(x), 0) + 1
             for rec, marker, color in ((r["base"], "o", "tab:gray"), (r["lora"], "^", colors[r["arm"].group])):
-                if rec is None:
-                    continue
-                _errorbar(ax, [100 * rec[key]], [rec], fmt=marker, color=color, ms=5)
-            if r["lora"] is not None:
-                x, y = 100 * r["lora"][key], 100 * r["lora"]["mean"]
-                ax.annotate(r["arm"].name, (x, y), textcoords="offset points", xytext=(4, 3), fontsize=6)
+                if rec is not None:
+                    _errorbar(ax, [x + shift], [rec], fmt=marker, color=color, ms=5)
+            y = 100 * r["lora"]["mean"]
+            ax.annotate(
+                r["arm"].name, (x + shift, y), textcoords="offset points", xytext=(3, 3), fontsize=5.5, rotation=30
+            )
+        frontier = pareto([(100 * r["lora"][key], 100 * r["lora"]["mean"]) for r in rows if r["lora"]], key)
+        if full:
+            frontier = pareto([(100 * full[key], 100 * full["mean"]), *frontier], key)
+        ax.plot(
+            *zip(*frontier),
+            color="k",
+            lw=0.8,
+            alpha=0.5,
+            drawstyle="steps-pre" if key == "kv_cache_saved" else "steps-post",
+        )
         if full:
             ax.axhline(100 * full["mean"], ls="--", lw=0.8, color="k")
             ax.axhline(50 * full["mean"], ls=":", lw=0.8, color="tab:red")
@@ -237,14 +257,23 @@ def plot_tradeoff(summary: list[dict], study: StudyConfig, path: Path, subset: s
         axes[0].plot([], [], ls="--", color="k", label="full attention")[0],
         axes[0].plot([], [], ls=":", color="tab:red", label="50% of full / 50% KV saved")[0],
     ]
-    axes[1].legend(handles=handles, fontsize=7, loc="best")
-    return _save(fig, plt, path)
+    fig.legend(handles=handles, fontsize=7, loc="lower center", ncol=len(handles), frameon=False)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    return _save(fig, plt, path, layout=False)
 
 
-def _save(fig, plt, path: Path) -> Path:
+def pareto(points: list[tuple[float, float]], key: str) -> list[tuple[float, float]]:
+    """The points no other point beats: more KV saved (or less prefill cost) at no lower accuracy."""
+    better = (lambda a, b: a >= b) if key == "kv_cache_saved" else (lambda a, b: a <= b)
+    dominates = lambda q, p: better(q[0], p[0]) and q[1] >= p[1] and tuple(q) != tuple(p)
+    return sorted({tuple(p) for p in points if not any(dominates(q, p) for q in points)})
+
+
+def _save(fig, plt, path: Path, layout: bool = True) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
+    if layout:
+        fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
     return path
@@ -268,12 +297,14 @@ def write_study_report(
     keys += [(NO_LORA, setting_name(a.swaa)) for a in study.arms if a.group == "kv"]
     keys += [(a.name, setting_name(a.swaa)) for a in study.arms if a.group == "kv"]
     keys = list(dict.fromkeys(keys))
+    # The plot: full attention, naive SWA, FA decode without and with its LoRA, the KV arms with their LoRAs.
+    plotted = [k for k in keys if k[1] in (names["ladder"][0], names["naive"], names["fa_decode"]) or k[0] != NO_LORA]
     length_bins, depth_bins = list(study.length_bins), list(study.depth_bins)
     seeds = sorted({r["seed"] for r in rows})
     questions = len({r["index"] for r in rows})
     plots = {
         "ladder": plot_ladder(summary, names["ladder"], lora, out / f"{plot_prefix}ladder.png"),
-        "bins": plot_bins(summary, keys, length_bins, depth_bins, out / f"{plot_prefix}bins.png"),
+        "bins": plot_bins(summary, plotted, length_bins, depth_bins, out / f"{plot_prefix}bins.png"),
         "tradeoff": plot_tradeoff(summary, study, out / f"{plot_prefix}tradeoff.png"),
     }
     report = "\n\n".join(

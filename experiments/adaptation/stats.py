@@ -8,7 +8,8 @@ Two intervals, because two things vary:
   resampled questions for every seed and for the reference, so ratios are paired) and
   recomputes the mean over seeds.
 
-Accuracy relative to full attention is taken seed by seed (the full-attention model of the
+t intervals are cut to [0, 1] for accuracies, at 0 for ratios. Accuracy relative to full
+attention is taken seed by seed (the full-attention model of the
 same pretraining seed), so its t interval is over per-seed ratios; its bootstrap resamples
 questions for both numerator and denominator.
 
@@ -173,6 +174,14 @@ def collect(rows: list[dict]) -> tuple[dict, dict, dict]:
     return correct, meta, questions
 
 
+def _clip(interval: tuple, low: float, high: float | None) -> tuple:
+    """A t interval cut to the values the quantity can take (an accuracy lies in [0, 1])."""
+    mean, a, b = interval
+    if a is None:
+        return interval
+    return mean, max(a, low), b if high is None else min(b, high)
+
+
 def _matrix(by_seed: dict, seeds: list[int], indices: list[int]) -> np.ndarray:
     return np.array([[by_seed[s][i] for i in indices] for s in seeds], dtype=float)
 
@@ -195,7 +204,7 @@ def summarize(rows: list[dict], *, level: float = LEVEL, resamples: int = 2000, 
                 continue
             matrix = _matrix(by_seed, seeds, wanted)
             per_seed = matrix.mean(axis=1).tolist()
-            mean, t_low, t_high = t_interval(per_seed, level)
+            mean, t_low, t_high = _clip(t_interval(per_seed, level), 0.0, 1.0)
             boot = bootstrap_interval(matrix, level=level, indices=draws[name])
             record = {
                 "lora": key[0],
@@ -227,8 +236,8 @@ def _relative(by_seed, reference, seeds, wanted, level, draws) -> dict:
     if not paired:
         return {"relative": None, "relative_t_interval": [None, None], "relative_bootstrap_interval": [None, None]}
     own, ref = _matrix(by_seed, paired, wanted), _matrix(reference, paired, wanted)
-    ratios = [a / b for a, b in zip(own.mean(axis=1), ref.mean(axis=1)) if b > 0]
-    mean, low, high = t_interval(ratios, level) if ratios else (None, None, None)
+    ratios = [float(a / b) for a, b in zip(own.mean(axis=1), ref.mean(axis=1)) if b > 0]
+    mean, low, high = _clip(t_interval(ratios, level), 0.0, None) if ratios else (None, None, None)
     return {
         "relative": mean,
         "relative_t_interval": [low, high],
@@ -250,6 +259,13 @@ def _lower(record: dict, prefix: str = "") -> float | None:
     return min(bounds) if bounds else None
 
 
+def _upper(record: dict, prefix: str = "") -> float | None:
+    """The higher of the two interval bounds (t over seeds, bootstrap over questions)."""
+    bounds = [record[f"{prefix}t_interval"][1], record[f"{prefix}bootstrap_interval"][1]]
+    bounds = [b for b in bounds if b is not None]
+    return max(bounds) if bounds else None
+
+
 def _fmt(record: dict | None, relative: bool = False) -> str:
     if record is None:
         return "not run"
@@ -258,7 +274,7 @@ def _fmt(record: dict | None, relative: bool = False) -> str:
     t, boot = record[f"{prefix}t_interval"], record[f"{prefix}bootstrap_interval"]
     pct = lambda v: "-" if v is None else f"{100 * v:.1f}%"
     return (
-        f"{pct(value)} (t {pct(t[0])}-{pct(t[1])}, bootstrap {pct(boot[0])}-{pct(boot[1])}; "
+        f"{pct(value)} (t [{pct(t[0])}, {pct(t[1])}], bootstrap [{pct(boot[0])}, {pct(boot[1])}]; "
         f"{len(record['seeds'])} seeds x {record['questions']} questions)"
     )
 
@@ -267,7 +283,9 @@ def evaluate_targets(
     summary: list[dict], fa_decode_lora: str, fa_decode_setting: str, naive_setting: str
 ) -> list[dict]:
     """The four targets of issue 14 on in-range questions, each met (True), missed (False) or not
-    run (None), with the numbers behind the verdict.
+    run (None) by its mean, with the numbers behind the verdict; `interval_agrees` says whether
+    both 95% intervals lie wholly on the side of the threshold that the mean is on (else the
+    verdict may not hold for other seeds or questions).
 
     - full attention (no LoRA) >= 85%;
     - naive SWA (no LoRA) < 10% of full attention;
@@ -290,15 +308,29 @@ def evaluate_targets(
     ]
     best = max((r for r in own if r["relative"] is not None), key=lambda r: r["relative"], default=None)
     verdict = lambda ok, record: None if record is None else bool(ok)
+
+    def agrees(record, prefix, threshold, above):
+        """Both intervals on the same side of `threshold` as the mean (>= if above, else <)."""
+        if record is None or record["relative" if prefix else "mean"] is None:
+            return None
+        mean = record["relative" if prefix else "mean"]
+        low, high = _lower(record, prefix), _upper(record, prefix)
+        if low is None:
+            return False
+        side = (lambda v: v >= threshold) if above else (lambda v: v < threshold)
+        return bool(side(low) == side(mean) == side(high))
+
     targets = [
         {
             "target": "full attention >= 85% on in-range prompts",
             "met": verdict(full and full["mean"] >= 0.85, full),
+            "interval_agrees": agrees(full, "", 0.85, True),
             "evidence": f"full attention: {_fmt(full)}",
         },
         {
             "target": "naive SWA < 10% of full attention",
             "met": verdict(naive and naive["relative"] is not None and naive["relative"] < 0.10, naive),
+            "interval_agrees": agrees(naive, "relative_", 0.10, False),
             "evidence": f"{naive_setting}: {_fmt(naive, relative=True)} of full attention",
         },
         {
@@ -310,11 +342,13 @@ def evaluate_targets(
                 and (_lower(swaa, "relative_") or 0.0) > 0.90,
                 swaa,
             ),
+            "interval_agrees": agrees(swaa, "relative_", 0.90, True),
             "evidence": f"{fa_decode_setting} + LoRA {fa_decode_lora}: {_fmt(swaa, relative=True)} of full attention",
         },
         {
             "target": "a setting saving >= 50% of the KV cache, with LoRA, >= 50% of full attention",
             "met": verdict(best and best["relative"] >= 0.5, own or None),
+            "interval_agrees": agrees(best, "relative_", 0.5, True),
             "evidence": "; ".join(
                 f"{r['setting']} + LoRA {r['lora']} (KV saved {100 * r['kv_cache_saved']:.0f}%): "
                 f"{_fmt(r, relative=True)}"
