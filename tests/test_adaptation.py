@@ -562,6 +562,28 @@ def test_targets_from_a_results_file(tmp_path, full, naive, fa_lora, kv_lora, ex
 FA_NAME = "SWA 512 + sinks 32 + FA decode"
 
 
+def test_compare_pairs_seeds_and_questions():
+    import numpy as np
+
+    from experiments.adaptation.stats import bootstrap_difference, compare
+
+    rows = synthetic_rows(
+        {
+            ("a", "SWA 512"): (NAIVE, "SWA 512", {0: (0.6, 0.0), 1: (0.5, 0.0), 2: (0.7, 0.0)}),
+            ("b", "SWA 512"): (NAIVE, "SWA 512", {0: (0.5, 0.0), 1: (0.5, 0.0), 2: (0.5, 0.0)}),
+        }
+    )
+    diff = compare(rows, ("a", "SWA 512"), ("b", "SWA 512"), resamples=200)
+    half = 4.302652729749464 * 0.1 / math.sqrt(3)  # per-seed differences 0.1, 0.0, 0.2
+    assert diff["per_seed"] == pytest.approx([0.1, 0.0, 0.2]) and diff["questions"] == 20
+    assert diff["t_interval"] == pytest.approx([0.1 - half, 0.1 + half])
+    assert compare(rows, ("a", "SWA 512"), ("missing", "x")) is None
+    # By hand: column sums (2, 1, 1) and (1, 0, 1); draws (0, 0, 1) -> (5 - 2) / 6, (2, 2, 2) -> 0.
+    first, second = np.array([[1, 0, 1], [1, 1, 0]]), np.array([[0, 0, 1], [1, 0, 0]])
+    low, high = bootstrap_difference(first, second, level=0.0, indices=np.array([[0, 0, 1], [2, 2, 2]]))
+    assert low == high == pytest.approx(0.25)
+
+
 def test_targets_not_run_without_rows():
     from experiments.adaptation.stats import evaluate_targets
 
@@ -647,6 +669,7 @@ def toy_study(out_dir):
             Arm("fa", SWAAConfig(32, 4, True, [1]), group="ladder", eval_ladder=True),
             Arm("nofa_mix", SWAAConfig(32, 4, False, []), group="kv", factor="data", level="mix", data="mix"),
         ],
+        sweep_reference="nofa_mix",
         max_new_tokens=2,
         batch_size=8,
         dtype="float32",
@@ -704,6 +727,7 @@ def test_study_end_to_end_on_a_tiny_model(tmp_path, monkeypatch):
     assert result["targets"][0]["met"] == (sum(full) / len(full) >= 0.85)
     assert f"full attention: {100 * sum(full) / len(full):.1f}% (t [" in result["targets"][0]["evidence"]
     assert "SWA 32 + sinks 4 + LoRA nofa_mix (KV saved" in result["targets"][3]["evidence"]
+    assert "| data | mix | nofa_mix | SWA 32 + sinks 4 |" in report and "| reference |" in report
     for name in ("ladder.png", "bins.png", "tradeoff.png"):
         assert (tmp_path / "report" / name).stat().st_size > 10_000
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from experiments.adaptation.stats import NO_LORA, REFERENCE, evaluate_targets, find, summarize
+from experiments.adaptation.stats import NO_LORA, REFERENCE, compare, evaluate_targets, find, summarize
 from experiments.adaptation.study import StudyConfig, setting_name
 from swaa_train.swaa_config import SWAAConfig
 
@@ -123,6 +123,29 @@ def arms_table(summary: list[dict], study: StudyConfig) -> str:
             f"| {arm.name} | {r['setting']} | {arm.group}{f': {arm.factor} = {arm.level}' if arm.factor else ''} | "
             f"{min(steps)}-{max(steps)} | {pct(rec['kv_cache_saved'], 0)} | {pct(rec['prefill_cost'])} | "
             f"{cell(r['base'])} | {cell(rec)} | {cell(rec, relative=True)} | {cell(r['lora_fa'])} |"
+        )
+    return "\n".join(lines)
+
+
+def sweep_table(summary: list[dict], rows: list[dict], study: StudyConfig, resamples: int = 2000) -> str:
+    """The recovery sweep: each arm that varies one factor of the reference arm, its accuracy with
+    its LoRA under its own setting, and the paired difference to the reference (in range)."""
+    reference = next(a for a in study.arms if a.name == study.sweep_reference)
+    ref_key = (reference.name, setting_name(reference.swaa))
+    lines = [
+        "| factor | level | LoRA | setting | with its LoRA | minus the reference | KV saved | prefill cost |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for arm in [reference, *(a for a in study.arms if a.factor and a is not reference)]:
+        key = (arm.name, setting_name(arm.swaa))
+        rec = find(summary, *key, "in range")
+        if rec is None:
+            continue
+        diff = compare(rows, key, ref_key, resamples=resamples) if arm is not reference else None
+        diff_cell = "reference" if arm is reference else cell(diff)
+        lines.append(
+            f"| {arm.factor or '-'} | {arm.level or '-'} | {arm.name} | {key[1]} | {cell(rec)} | {diff_cell} | "
+            f"{pct(rec['kv_cache_saved'], 0)} | {pct(rec['prefill_cost'])} |"
         )
     return "\n".join(lines)
 
@@ -314,10 +337,12 @@ def write_study_report(
             "## Targets (in-range questions)\n\n" + targets_table(targets),
             "## The ladder, without and with the FA-decode LoRA\n\n" + ladder_table(summary, names["ladder"], lora),
             f"![ladder]({plots['ladder'].name})",
-            "## Per length bin and per depth bin (mean ± half the t interval, %)\n\n"
+            "## Per length bin and per depth bin (mean ± half the t interval, %; bootstrap intervals in summary.json)\n\n"
             + bins_table(summary, keys, length_bins + depth_bins),
             f"![bins]({plots['bins'].name})",
             "## Every LoRA under its own setting (in-range questions)\n\n" + arms_table(summary, study),
+            "## Recovery sweep without FA decode (in-range questions; differences paired by seed and question)\n\n"
+            + sweep_table(summary, rows, study, resamples),
             f"![tradeoff]({plots['tradeoff'].name})",
         ]
     )

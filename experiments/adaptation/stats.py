@@ -143,6 +143,17 @@ def bootstrap_interval(
     return float(low), float(high)
 
 
+def bootstrap_difference(
+    first: np.ndarray, second: np.ndarray, *, level: float = LEVEL, indices: np.ndarray
+) -> tuple[float, float]:
+    """Percentile interval of mean(first) - mean(second), both (seeds, questions) of 0/1 over the
+    same seeds and questions, the same questions drawn for both."""
+    first, second = np.asarray(first, dtype=float), np.asarray(second, dtype=float)
+    stat = (first.sum(axis=0)[indices].sum(axis=1) - second.sum(axis=0)[indices].sum(axis=1)) / first.size
+    low, high = np.quantile(stat, [(1.0 - level) / 2.0, (1.0 + level) / 2.0])
+    return float(low), float(high)
+
+
 # ------------------------------------------------------------------------------------------
 # Aggregation
 # ------------------------------------------------------------------------------------------
@@ -242,6 +253,39 @@ def _relative(by_seed, reference, seeds, wanted, level, draws) -> dict:
         "relative": mean,
         "relative_t_interval": [low, high],
         "relative_bootstrap_interval": list(bootstrap_interval(own, ref, level=level, indices=draws)),
+    }
+
+
+def compare(
+    rows: list[dict],
+    first: tuple[str, str],
+    second: tuple[str, str],
+    subset: str = "in range",
+    *,
+    level: float = LEVEL,
+    resamples: int = 2000,
+    seed: int = 0,
+) -> dict | None:
+    """Accuracy of (LoRA, setting) `first` minus that of `second`, paired by seed and question:
+    the per-seed differences with their t interval, and a bootstrap over questions. None when the
+    two share no seed."""
+    correct, _, questions = collect(rows)
+    wanted = subsets(questions).get(subset, [])
+    a, b = correct.get(first, {}), correct.get(second, {})
+    seeds = sorted(s for s in a if s in b and all(i in a[s] and i in b[s] for i in wanted))
+    if not seeds or not wanted:
+        return None
+    one, two = _matrix(a, seeds, wanted), _matrix(b, seeds, wanted)
+    per_seed = (one.mean(axis=1) - two.mean(axis=1)).tolist()
+    mean, low, high = t_interval(per_seed, level)
+    draws = resample_indices(len(wanted), resamples, seed)
+    return {
+        "seeds": seeds,
+        "questions": len(wanted),
+        "per_seed": per_seed,
+        "mean": mean,
+        "t_interval": [low, high],
+        "bootstrap_interval": list(bootstrap_difference(one, two, level=level, indices=draws)),
     }
 
 

@@ -137,6 +137,9 @@ class StudyConfig:
     lora_time_cap_s: float | None = field(default=300.0, metadata={"help": "Stop any LoRA after this long."})
     lora_overrides: list[str] = field(default_factory=list, metadata={"help": "Recipe overrides for every LoRA."})
     arms: list[Arm] = field(default_factory=list, metadata={"help": "The LoRAs (default: default_arms())."})
+    sweep_reference: str = field(
+        default="no_fa", metadata={"help": "The arm the recovery sweep varies (the sweep's reference)."}
+    )
     max_new_tokens: int = field(default=48, metadata={"help": "Answer length limit."})
     batch_size: int = field(default=50, metadata={"help": "Prompts per generate call."})
     dtype: str = field(default="bfloat16", metadata={"help": "Evaluation dtype."})
@@ -160,6 +163,8 @@ class StudyConfig:
         cells = len(self.length_bins) * len(self.depth_bins)
         if self.eval_questions <= 0 or self.eval_questions % cells:
             raise ValueError(f"eval_questions must be a positive multiple of {cells} cells, got {self.eval_questions}")
+        if self.sweep_reference not in names:
+            raise ValueError(f"sweep_reference: {self.sweep_reference!r} is not an arm; arms: {names}")
         if sum(a.eval_ladder for a in self.arms) != 1:
             raise ValueError("arms: exactly one arm must have eval_ladder (the LoRA of the ladder)")
 
