@@ -707,6 +707,8 @@ def test_study_end_to_end_on_a_tiny_model(tmp_path, monkeypatch):
             question["in_range"],
         )
         assert row["lora_steps"] == (0 if row["lora"] == "none" else 1)
+        low, high = study.length_bins[row["length_bin"]]
+        assert low < row["prompt_tokens"] < high + 32  # the bin's prompt, plus the chat template's few tokens
     # Each LoRA was trained under its own setting, with the seed as its seed.
     for arm in study.arms:
         for seed in study.seeds:

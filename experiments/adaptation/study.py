@@ -22,12 +22,15 @@ length; stats.py and report.py need nothing else.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import gc
 import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow.parquet as pq
+import torch
 from transformers.utils import logging
 
 from experiments.adaptation.data import DEPTH_BINS, LENGTH_BINS, TRAIN_RANGE, write_repro_data
@@ -356,13 +359,15 @@ def run_pretrain(study: StudyConfig, seed: int) -> dict:
     return {"pretrain_steps": summary["steps"], "pretrain_s": summary["seconds"]}
 
 
-def question_info(study: StudyConfig, eval_path: Path, tokenizer_dir: Path) -> list[dict]:
-    """Each eval question's bins, hops and prompt tokens (chat-formatted, as generation feeds it)."""
+@functools.lru_cache(maxsize=4)
+def question_info(eval_path: Path, tokenizer_dir: Path) -> tuple[dict, ...]:
+    """Each eval question's bins, hops and prompt tokens (chat-formatted, as generation feeds it);
+    computed once per process (every seed's base keeps the shipped tokenizer)."""
     from experiments.adaptation.ladder import prompt_lengths
 
     rows = pq.read_table(eval_path, columns=["length_bin", "depth_bin", "in_range", "hops"]).to_pylist()
     lengths = prompt_lengths(str(eval_path), str(tokenizer_dir))
-    return [{**row, "prompt_tokens": n} for row, n in zip(rows, lengths)]
+    return tuple({**row, "prompt_tokens": n} for row, n in zip(rows, lengths))
 
 
 def evaluate(
@@ -388,7 +393,7 @@ def evaluate(
         device=study.device,
     )
     measured = {r["setting"]: r["kv_cache_saved"] for r in summary}
-    questions = question_info(study, eval_path, base)
+    questions = question_info(eval_path.resolve(), base.resolve())
     num_layers = json.loads((base / "config.json").read_text())["num_hidden_layers"]
     by_label = {(s.name + (" + adapter" if s.adapter else "")): s for s in evals}
     rows = []
@@ -433,7 +438,12 @@ def train_arm(study: StudyConfig, seed: int, arm: Arm, base: Path) -> dict:
         *study.lora_overrides,
     ]
     trainer = train_adapter(study.recipe, overrides, study.lora_time_cap_s, study.num_proc)
-    return {"lora_steps": trainer.state.global_step, "lora_learning_rate": trainer.args.learning_rate}
+    done = {"lora_steps": trainer.state.global_step, "lora_learning_rate": trainer.args.learning_rate}
+    del trainer  # the evaluations that follow load the base again: free the training copy first
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return done
 
 
 def run_task(study: StudyConfig, seed: int, task: str) -> Path:
