@@ -752,3 +752,47 @@ def test_pareto_keeps_the_points_nothing_beats():
     assert pareto(points, "kv_cache_saved") == [(0, 90), (50, 60), (70, 40)]
     costs = [(100, 90), (30, 80), (40, 70), (10, 5)]
     assert pareto(costs, "prefill_cost") == [(10, 5), (30, 80), (100, 90)]
+
+
+def test_plan_lists_every_job_with_its_command():
+    from experiments.adaptation.run_study import format_plan
+    from experiments.adaptation.study import StudyConfig, plan_jobs
+
+    study = StudyConfig()
+    text = format_plan(study)
+    jobs = plan_jobs(study)
+    for job in jobs:
+        assert f"`bash experiments/adaptation/run_study.sh {job.name}`" in text
+    assert f"{len(jobs)} jobs, {sum(j.estimate_s for j in jobs):.0f} s estimated" in text
+
+
+def test_report_command_on_a_results_file(tmp_path):
+    import subprocess
+    import sys
+
+    rows = synthetic_rows(
+        {
+            ("none", "full attention"): (FULL, None, {s: (0.9, 0.5) for s in range(3)}),
+            ("none", "SWA 512"): (NAIVE, None, {s: (0.0, 0.0) for s in range(3)}),
+        }
+    )
+    (tmp_path / "rows-s0-x.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run(
+        [sys.executable, "-m", "experiments.adaptation.run_study", "report", "--results", str(tmp_path)]
+        + [
+            "--out",
+            str(tmp_path / "report"),
+            "--resamples",
+            "100",
+            "--study",
+            str(root / "experiments/adaptation/study.yaml"),
+        ],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    targets = json.loads(done.stdout)
+    assert [t["met"] for t in targets] == [True, True, None, None]
+    assert "| full attention | none | 70.0% [t 70, 70;" in (tmp_path / "report" / "report.md").read_text()
