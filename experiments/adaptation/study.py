@@ -249,7 +249,10 @@ def estimate_s(study: StudyConfig, task: str) -> float:
     est, q = study.estimates, study.eval_questions
     num_layers = int(study.pretrain.get("num_layers", NUM_LAYERS))
     if task == "pretrain":
-        return est.pretrain_data_s + float(study.pretrain.get("time_budget_s", 300.0)) + est.pretrain_extra_s
+        from experiments.adaptation.pretrain import PretrainArgs
+
+        budget = study.pretrain.get("time_budget_s", PretrainArgs.__dataclass_fields__["time_budget_s"].default)
+        return est.pretrain_data_s + float(budget) + est.pretrain_extra_s
     if task == "base_ladder":
         return est.model_load_s + len(study.ladder(num_layers)) * q * est.eval_question_s
     if task == "base_kv":
