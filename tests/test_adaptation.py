@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
@@ -21,7 +22,7 @@ from experiments.adaptation.data import (
     make_question_rows,
     write_repro_data,
 )
-from experiments.adaptation.prefill_cost import prefill_pairs, relative_prefill_cost, sliding_pairs
+from experiments.adaptation.prefill_cost import kv_cache_saved, prefill_pairs, relative_prefill_cost, sliding_pairs
 from swaa_attn import visible
 from swaa_train.demo_assets import TINY_QWEN3_DIR
 from swaa_train.swaa_config import SWAAConfig
@@ -303,8 +304,6 @@ def test_stages_end_to_end_on_cpu(tmp_path, monkeypatch):
         "training.use_cpu=true",
         "training.max_length=512",
     ]
-    from pathlib import Path
-
     recipe = str(Path(__file__).resolve().parent.parent / recipe)
     run_adaptation(
         recipe,
@@ -325,3 +324,475 @@ def test_stages_end_to_end_on_cpu(tmp_path, monkeypatch):
     assert rows[0]["prefill_cost"] == 1.0 and all(r["prefill_cost"] < 1.0 for r in rows[1:5])
     assert (tmp_path / "plot.png").stat().st_size > 10_000
     assert "| naive SWA | no |" in (tmp_path / "results" / "table.md").read_text()
+
+
+# ------------------------------------------------------------------------------------------
+# The held-out binned set (issue 14)
+# ------------------------------------------------------------------------------------------
+def passage_depth(prompt: str, sentence: str) -> float:
+    """Share of the passage's words before `sentence`, read from the prompt text."""
+    passage = prompt.partition("\n\n")[2].rpartition("\n\nQuestion: ")[0]
+    before = passage[: passage.index(sentence)]
+    return len(before.split()) / len(passage.split())
+
+
+def test_eval_set_bins_hold_in_the_text(tokenizer):
+    from experiments.adaptation.data import DEPTH_BINS, LENGTH_BINS, TRAIN_RANGE, make_eval_set
+
+    rows = make_eval_set(2, seed=8, workers=0)
+    cells = [(lb, db) for lb in LENGTH_BINS for db in DEPTH_BINS]
+    assert [(r["length_bin"], r["depth_bin"]) for r in rows] == [c for c in cells for _ in range(2)]
+    assert [r["hops"] for r in rows] == [1, 2] * len(cells)
+    for row in rows:
+        low, high = LENGTH_BINS[row["length_bin"]]
+        tokens = len(tokenizer(row["prompt"], add_special_tokens=False)["input_ids"])
+        assert low <= tokens < high, (row["length_bin"], tokens)
+        shallow, deep = DEPTH_BINS[row["depth_bin"]]
+        chain = [m.group(0) for m in FACT.finditer(row["response"])]
+        assert len(chain) == row["hops"]
+        for sentence in chain:
+            assert shallow <= passage_depth(row["prompt"], sentence) <= deep, (row["depth_bin"], sentence)
+        assert row["in_range"] == (TRAIN_RANGE[0] <= tokens <= TRAIN_RANGE[1])
+        assert solve(row) == row["answer"]
+
+
+def test_eval_set_is_the_same_in_parallel_and_over_eval_entities():
+    from experiments.adaptation.data import make_eval_set
+
+    bins = dict(length_bins={"a": (512, 768), "b": (768, 1024)}, train_range=(512, 768))
+    one = make_eval_set(2, seed=3, workers=0, **bins)
+    assert one == make_eval_set(2, seed=3, workers=2, **bins)
+    assert one != make_eval_set(2, seed=4, workers=0, **bins)
+    assert [r["in_range"] for r in one] == [True] * 6 + [False] * 6
+    asked = {entity for row in one for entity, _ in facts_in(row["response"])}
+    assert asked <= set(split_entities("eval"))
+
+
+def test_the_study_asks_for_300_questions_inside_and_beyond_the_training_range():
+    from experiments.adaptation.study import StudyConfig
+
+    study = StudyConfig.load(Path(__file__).resolve().parent.parent / "experiments/adaptation/study.yaml")
+    low, high = study.train_range
+    inside = [b for b, (lo, hi) in study.length_bins.items() if low <= lo and hi <= high]
+    beyond = [b for b, (lo, hi) in study.length_bins.items() if lo >= high]
+    assert study.eval_questions >= 300 and len(study.seeds) >= 3
+    assert len(inside) >= 2 and len(beyond) >= 1
+    assert study.depth_bins["first 5%"] == [0.0, 0.05] and study.depth_bins["last 20%"] == [0.8, 1.0]
+    # The YAML spells out the default arms exactly.
+    assert study.arms == StudyConfig(arms=[]).arms
+    with pytest.raises(ValueError, match="multiple of 12"):
+        StudyConfig(eval_questions=301)
+    with pytest.raises(ValueError, match="unknown key"):
+        StudyConfig.from_dict({"seed": [0]})
+
+
+def test_write_repro_data_refuses_a_count_that_does_not_fill_the_cells(tmp_path):
+    with pytest.raises(ValueError, match="multiple of the 12"):
+        write_repro_data(tmp_path, {"eval_bins": 13})
+
+
+# ------------------------------------------------------------------------------------------
+# KV cache saved
+# ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "swaa",
+    [SWAAConfig(8, 2), SWAAConfig(8, 2, False, [1]), SWAAConfig(8, 2, True), SWAAConfig(8, 2, [0]), SWAAConfig()],
+)
+def test_kv_cache_saved_matches_the_caches_memory_report(swaa):
+    from conftest import tiny_model
+
+    from swaa_train.inference import generate_ids, set_swaa
+
+    model = tiny_model("qwen3")
+    set_swaa(model, swaa)
+    prompt, steps = 30, 5
+    ids = torch.randint(3, 90, (1, prompt))
+    memory = generate_ids(model, ids, max_new_tokens=steps, eos_token_id=None, pad_token_id=0).memory
+    cached = prompt + steps - 1  # the last token is sampled, never fed back
+    expected = memory["saved_bytes"] / memory["full_cache_bytes"]
+    assert kv_cache_saved([cached], swaa, 3) == pytest.approx(expected)
+
+
+def test_kv_cache_saved_weights_prompts_by_length():
+    swaa = SWAAConfig(10, 2, False, [0])  # 2 of 3 layers keep 11 positions
+    assert kv_cache_saved([5], swaa, 3) == 0.0
+    assert kv_cache_saved([111], swaa, 3) == pytest.approx(2 * 100 / (3 * 111))
+    assert kv_cache_saved([5, 111], swaa, 3) == pytest.approx(2 * 100 / (3 * 116))
+
+
+# ------------------------------------------------------------------------------------------
+# Statistics
+# ------------------------------------------------------------------------------------------
+def test_t_quantile_matches_closed_forms():
+    from statistics import NormalDist
+
+    from experiments.adaptation.stats import t_quantile
+
+    p = 0.975
+    assert t_quantile(p, 1) == pytest.approx(math.tan(math.pi * (p - 0.5)), rel=1e-9)  # Cauchy
+    assert t_quantile(p, 2) == pytest.approx((2 * p - 1) / math.sqrt(2 * p * (1 - p)), rel=1e-9)
+    assert t_quantile(p, 100000) == pytest.approx(NormalDist().inv_cdf(p), rel=1e-4)
+    assert t_quantile(1 - p, 4) == pytest.approx(-t_quantile(p, 4))
+
+
+def test_t_interval_by_hand():
+    from experiments.adaptation.stats import t_interval
+
+    mean, low, high = t_interval([0.6, 0.7, 0.8])
+    half = 4.302652729749464 * 0.1 / math.sqrt(3)  # t(0.975, 2) x sd / sqrt(n)
+    assert (mean, low, high) == pytest.approx((0.7, 0.7 - half, 0.7 + half))
+    assert t_interval([0.5]) == (0.5, None, None)
+
+
+def test_bootstrap_interval():
+    import numpy as np
+
+    from experiments.adaptation.stats import bootstrap_interval
+
+    assert bootstrap_interval(np.ones((3, 40))) == (1.0, 1.0)
+    # Two resamples given by hand: questions (0, 0, 1) and (2, 2, 2) of two seeds.
+    correct = np.array([[1, 0, 1], [1, 1, 0]])
+    indices = np.array([[0, 0, 1], [2, 2, 2]])
+    low, high = bootstrap_interval(correct, level=0.0, indices=indices)  # both quantiles at the median
+    assert low == high == pytest.approx((5 / 6 + 3 / 6) / 2)
+    ratio = bootstrap_interval(correct, np.ones((2, 3)), level=0.0, indices=indices)
+    assert ratio[0] == pytest.approx((5 / 6 + 3 / 6) / 2)
+    # Many questions: the bootstrap interval is close to the normal approximation of a proportion.
+    rng = np.random.default_rng(0)
+    sample = (rng.random((1, 2000)) < 0.3).astype(float)
+    p = sample.mean()
+    half = 1.959964 * math.sqrt(p * (1 - p) / 2000)
+    low, high = bootstrap_interval(sample, resamples=4000)
+    assert low == pytest.approx(p - half, abs=0.004) and high == pytest.approx(p + half, abs=0.004)
+
+
+def synthetic_rows(accuracy: dict, questions: int = 40, lengths=(3000, 20000)) -> list[dict]:
+    """Rows where (lora, setting) answers the first round(acc * n) in-range and beyond-range questions
+    of each seed right; accuracy[(lora, setting)] = (swaa, lora_setting, {seed: (in-range acc, beyond acc)})."""
+    rows = []
+    half = questions // 2
+    for (lora, setting), (swaa, lora_setting, by_seed) in accuracy.items():
+        for seed, (inside, beyond) in by_seed.items():
+            for index in range(questions):
+                in_range = index < half
+                k = index if in_range else index - half
+                rows.append(
+                    {
+                        "seed": seed,
+                        "lora": lora,
+                        "lora_setting": lora_setting,
+                        "setting": setting,
+                        "swaa": swaa.to_dict(),
+                        "num_layers": 8,
+                        "group": "kv",
+                        "factor": "",
+                        "level": "",
+                        "lora_steps": 0 if lora == "none" else 200,
+                        "index": index,
+                        "length_bin": "in" if in_range else "beyond",
+                        "depth_bin": ["first 5%", "middle"][index % 2],
+                        "in_range": in_range,
+                        "hops": 1,
+                        "prompt_tokens": lengths[0] if in_range else lengths[1],
+                        "correct": k < round((inside if in_range else beyond) * half),
+                    }
+                )
+    return rows
+
+
+FULL, NAIVE, FA = SWAAConfig(), SWAAConfig(512), SWAAConfig(512, 32, True)
+NO_FA = SWAAConfig(512, 32, False, [1, 5])
+
+
+def test_summary_by_seed_subset_and_relative_to_full():
+    from experiments.adaptation.stats import find, summarize
+
+    rows = synthetic_rows(
+        {
+            ("none", "full attention"): (FULL, None, {0: (0.9, 0.5), 1: (0.8, 0.4), 2: (1.0, 0.6)}),
+            ("none", "SWA 512"): (NAIVE, None, {0: (0.45, 0.0), 1: (0.4, 0.0), 2: (0.5, 0.0)}),
+        }
+    )
+    summary = summarize(rows, resamples=200)
+    full = find(summary, "none", "full attention", "in range")
+    assert full["per_seed"] == pytest.approx([0.9, 0.8, 1.0]) and full["mean"] == pytest.approx(0.9)
+    # t(0.975, 2) x sd / sqrt(3) below the mean; above it the interval is cut at 100%.
+    assert full["t_interval"] == pytest.approx([0.9 - 4.302652729749464 * 0.1 / math.sqrt(3), 1.0])
+    assert find(summary, "none", "full attention")["mean"] == pytest.approx((0.9 + 0.8 + 1.0 + 0.5 + 0.4 + 0.6) / 6)
+    naive = find(summary, "none", "SWA 512", "in range")
+    assert naive["relative"] == pytest.approx(0.5) and naive["relative_t_interval"] == pytest.approx([0.5, 0.5])
+    assert find(summary, "none", "SWA 512", "beyond range")["relative"] == 0.0
+    assert find(summary, "none", "SWA 512", "first 5%")["questions"] == 20
+    assert naive["kv_cache_saved"] == pytest.approx(1 - 511 / 3000)
+    assert naive["prefill_cost"] == pytest.approx(relative_prefill_cost([3000] * 20, NAIVE, 8))
+
+
+@pytest.mark.parametrize(
+    "full,naive,fa_lora,kv_lora,expected",
+    [
+        ((0.9, 0.85, 0.95), 0.05, (0.9, 0.85, 0.95), 0.5, [True, True, True, True]),
+        ((0.8, 0.85, 0.75), 0.05, (0.8, 0.85, 0.75), 0.5, [False, True, True, True]),
+        ((0.9, 0.85, 0.95), 0.15, (0.85, 0.80, 0.90), 0.4, [True, False, False, False]),
+        ((0.9, 0.85, 0.95), 0.0, (0.9, 0.725, 0.95), 0.5, [True, True, False, True]),  # mean 95.1%, t low 75%
+    ],
+)
+def test_targets_from_a_results_file(tmp_path, full, naive, fa_lora, kv_lora, expected):
+    from experiments.adaptation.stats import evaluate_targets, summarize
+    from experiments.adaptation.study import read_rows
+
+    seeds = range(3)
+    rel = lambda acc: {s: (acc[s] if isinstance(acc, tuple) else acc * full[s], 0.0) for s in seeds}
+    rows = synthetic_rows(
+        {
+            ("none", "full attention"): (FULL, None, rel(full)),
+            ("none", "SWA 512"): (NAIVE, None, rel(naive)),
+            ("fa", "SWA 512 + sinks 32 + FA decode"): (FA, "x", rel(fa_lora)),
+            ("nofa", "no FA"): (NO_FA, "no FA", rel(kv_lora)),
+            ("fa", "SWA 512"): (NAIVE, "x", rel(0.9)),  # saves KV, but its LoRA was trained under another setting
+        },
+        questions=80,
+    )
+    path = tmp_path / "rows-s0-x.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    targets = evaluate_targets(summarize(read_rows([tmp_path]), resamples=300), "fa", FA_NAME, "SWA 512")
+    assert [t["met"] for t in targets] == expected
+    assert "no FA + LoRA nofa" in targets[3]["evidence"] and "SWA 512 + LoRA fa" not in targets[3]["evidence"]
+
+
+FA_NAME = "SWA 512 + sinks 32 + FA decode"
+
+
+def test_compare_pairs_seeds_and_questions():
+    import numpy as np
+
+    from experiments.adaptation.stats import bootstrap_difference, compare
+
+    rows = synthetic_rows(
+        {
+            ("a", "SWA 512"): (NAIVE, "SWA 512", {0: (0.6, 0.0), 1: (0.5, 0.0), 2: (0.7, 0.0)}),
+            ("b", "SWA 512"): (NAIVE, "SWA 512", {0: (0.5, 0.0), 1: (0.5, 0.0), 2: (0.5, 0.0)}),
+        }
+    )
+    diff = compare(rows, ("a", "SWA 512"), ("b", "SWA 512"), resamples=200)
+    half = 4.302652729749464 * 0.1 / math.sqrt(3)  # per-seed differences 0.1, 0.0, 0.2
+    assert diff["per_seed"] == pytest.approx([0.1, 0.0, 0.2]) and diff["questions"] == 20
+    assert diff["t_interval"] == pytest.approx([0.1 - half, 0.1 + half])
+    assert compare(rows, ("a", "SWA 512"), ("missing", "x")) is None
+    # By hand: column sums (2, 1, 1) and (1, 0, 1); draws (0, 0, 1) -> (5 - 2) / 6, (2, 2, 2) -> 0.
+    first, second = np.array([[1, 0, 1], [1, 1, 0]]), np.array([[0, 0, 1], [1, 0, 0]])
+    low, high = bootstrap_difference(first, second, level=0.0, indices=np.array([[0, 0, 1], [2, 2, 2]]))
+    assert low == high == pytest.approx(0.25)
+
+
+def test_targets_not_run_without_rows():
+    from experiments.adaptation.stats import evaluate_targets
+
+    assert [t["met"] for t in evaluate_targets([], "fa", FA_NAME, "SWA 512")] == [None] * 4
+
+
+# ------------------------------------------------------------------------------------------
+# The study driver
+# ------------------------------------------------------------------------------------------
+def test_setting_names_spell_the_setting_out():
+    from experiments.adaptation.study import setting_name
+
+    assert setting_name(SWAAConfig()) == "full attention"
+    assert setting_name(SWAAConfig(512)) == "SWA 512"
+    assert setting_name(SWAAConfig(512, 32, True, [1, 5])) == "SWA 512 + sinks 32 + FA decode + full layers 1,5"
+    assert setting_name(SWAAConfig(512, 0, [2])) == "SWA 512 + FA decode in layers 2"
+
+
+def test_plan_runs_every_task_once_in_jobs_within_budget():
+    from experiments.adaptation.study import StudyConfig, estimate_s, plan_jobs
+
+    study = StudyConfig()
+    jobs = plan_jobs(study)
+    for seed in study.seeds:
+        mine = [j for j in jobs if j.seed == seed]
+        assert [t for j in mine for t in j.tasks] == study.tasks()
+        assert mine[0].tasks[0] == "pretrain" and [j.name for j in mine] == [f"s{seed}-{k}" for k in range(len(mine))]
+    for job in jobs:
+        total = study.estimates.job_start_s + sum(estimate_s(study, t) for t in job.tasks)
+        assert job.estimate_s == pytest.approx(total) and (total <= study.job_budget_s or len(job.tasks) == 1)
+    assert max(j.estimate_s for j in jobs) < 600
+
+
+def test_mix_alternates_the_two_sets(tmp_path):
+    from experiments.adaptation.study import write_mix
+    from swaa_train.synthetic import write_parquet
+
+    a = write_parquet(tmp_path / "a.parquet", [{"x": i} for i in range(3)])
+    b = write_parquet(tmp_path / "b.parquet", [{"x": 10 + i} for i in range(5)])
+    mixed = write_mix(a, b, tmp_path / "m.parquet")
+    assert [r["x"] for r in pq.read_table(mixed).to_pylist()] == [0, 10, 1, 11, 2, 12, 13, 14]
+
+
+def toy_study(out_dir):
+    from experiments.adaptation.study import Arm, StudyConfig
+
+    recipe = Path(__file__).resolve().parent.parent / "experiments/adaptation/lora.yaml"
+    return StudyConfig(
+        out_dir=str(out_dir),
+        recipe=str(recipe),
+        seeds=[0, 1],
+        eval_questions=6,
+        length_bins={"short": [320, 384], "long": [384, 448]},
+        train_range=[320, 384],
+        data_counts={"train": 4, "train_short": 4, "lm": 2, "lm_short": 2, "drill": 4, "eval_short": 2},
+        short_tokens=[64, 96],
+        pretrain=dict(
+            tokenizer=str(TINY_QWEN3_DIR),
+            hidden_size=32,
+            num_layers=2,
+            num_heads=2,
+            num_kv_heads=1,
+            intermediate_size=64,
+            tokens_per_step=512,
+            max_steps=2,
+            warmup_steps=1,
+            num_workers=0,
+            copy_warmup_steps=1,
+            eval_every=0,
+        ),
+        window=32,
+        sinks=4,
+        full_layers=[1],
+        lora_steps=1,
+        lora_overrides=[
+            "model.dtype=float32",
+            "data.max_samples=2",
+            "training.bf16=false",
+            "training.use_cpu=true",
+            "training.max_length=1024",
+        ],
+        arms=[
+            Arm("fa", SWAAConfig(32, 4, True, [1]), group="ladder", eval_ladder=True),
+            Arm("nofa_mix", SWAAConfig(32, 4, False, []), group="kv", factor="data", level="mix", data="mix"),
+        ],
+        sweep_reference="nofa_mix",
+        max_new_tokens=2,
+        batch_size=8,
+        dtype="float32",
+        device="cpu",
+        num_proc=0,
+        job_budget_s=200.0,
+    )
+
+
+@pytest.mark.slow
+def test_study_end_to_end_on_a_tiny_model(tmp_path, monkeypatch):
+    from experiments.adaptation.report import write_study_report
+    from experiments.adaptation.study import collect_job, plan_jobs, read_rows, run_job, setting_name
+
+    monkeypatch.chdir(tmp_path)
+    study = toy_study(tmp_path / "study")
+    jobs = plan_jobs(study)
+    assert len(jobs) > len(study.seeds)  # the budget splits each seed's tasks
+    for job in jobs:
+        run_job(study, job)
+    rows = read_rows([study.out_dir])
+    eval_rows = pq.read_table(study.data_dir / "eval_bins.parquet").to_pylist()
+    ladder = [setting_name(s) for s in study.ladder(2)]
+    expected = {("none", n) for n in ladder} | {("fa", n) for n in ladder}
+    # The KV-saving arm's setting is evaluated without LoRA, with its LoRA, and with its LoRA + FA decode.
+    expected |= {("none", "SWA 32 + sinks 4"), ("nofa_mix", "SWA 32 + sinks 4")}
+    expected |= {("nofa_mix", "SWA 32 + sinks 4 + FA decode")}
+    assert {(r["lora"], r["setting"]) for r in rows} == expected
+    assert len(rows) == len(study.seeds) * len(expected) * len(eval_rows)
+    for row in rows:
+        question = eval_rows[row["index"]]
+        assert (row["length_bin"], row["depth_bin"], row["in_range"]) == (
+            question["length_bin"],
+            question["depth_bin"],
+            question["in_range"],
+        )
+        assert row["lora_steps"] == (0 if row["lora"] == "none" else 1)
+        low, high = study.length_bins[row["length_bin"]]
+        assert low < row["prompt_tokens"] < high + 32  # the bin's prompt, plus the chat template's few tokens
+    # Each LoRA was trained under its own setting, with the seed as its seed.
+    for arm in study.arms:
+        for seed in study.seeds:
+            saved = json.loads((study.seed_dir(seed) / "adapters" / arm.name / "swaa_config.json").read_text())
+            assert SWAAConfig.from_dict(saved) == arm.swaa
+    # A second run of a job finds its tasks done and redoes nothing.
+    timings = (study.seed_dir(0) / "timings.jsonl").read_text()
+    run_job(study, jobs[0])
+    assert (study.seed_dir(0) / "timings.jsonl").read_text() == timings
+    copied = collect_job(study, jobs[0], tmp_path / "out")
+    assert (tmp_path / "out" / "seed0" / "chunks" / "base.tar.json") in copied
+    assert (tmp_path / "out" / "seed0" / "rows" / "rows-s0-pretrain.jsonl") in copied
+
+    result = write_study_report(study, rows, tmp_path / "report", resamples=100)
+    report = (tmp_path / "report" / "report.md").read_text()
+    assert "2 seeds (0, 1) x 6 questions" in report and "| full attention | none |" in report
+    full = [r["correct"] for r in rows if (r["lora"], r["setting"]) == ("none", "full attention") and r["in_range"]]
+    assert result["targets"][0]["met"] == (sum(full) / len(full) >= 0.85)
+    assert f"full attention: {100 * sum(full) / len(full):.1f}% (t [" in result["targets"][0]["evidence"]
+    assert "SWA 32 + sinks 4 + LoRA nofa_mix (KV saved" in result["targets"][3]["evidence"]
+    assert "| data | mix | nofa_mix | SWA 32 + sinks 4 |" in report and "| reference |" in report
+    for name in ("ladder.png", "bins.png", "tradeoff.png"):
+        assert (tmp_path / "report" / name).stat().st_size > 10_000
+
+
+@pytest.mark.parametrize("accuracy,agrees", [(1.0, True), (0.9, False), (0.5, True)])
+def test_target_verdicts_say_whether_the_intervals_agree(accuracy, agrees):
+    from experiments.adaptation.stats import evaluate_targets, summarize
+
+    rows = synthetic_rows({("none", "full attention"): (FULL, None, {s: (accuracy, 0.0) for s in range(3)})})
+    summary = summarize(rows, resamples=500)
+    (full, *_) = evaluate_targets(summary, "fa", FA_NAME, "SWA 512")
+    # 0.9 on 20 questions: the t interval is one point (no spread over seeds), the bootstrap reaches below 85%.
+    assert full["met"] == (accuracy >= 0.85) and full["interval_agrees"] is agrees
+
+
+def test_pareto_keeps_the_points_nothing_beats():
+    from experiments.adaptation.report import pareto
+
+    points = [(0, 90), (50, 60), (70, 40), (70, 30), (60, 20), (50, 60)]
+    assert pareto(points, "kv_cache_saved") == [(0, 90), (50, 60), (70, 40)]
+    costs = [(100, 90), (30, 80), (40, 70), (10, 5)]
+    assert pareto(costs, "prefill_cost") == [(10, 5), (30, 80), (100, 90)]
+
+
+def test_plan_lists_every_job_with_its_command():
+    from experiments.adaptation.run_study import format_plan
+    from experiments.adaptation.study import StudyConfig, plan_jobs
+
+    study = StudyConfig()
+    text = format_plan(study)
+    jobs = plan_jobs(study)
+    for job in jobs:
+        assert f"`bash experiments/adaptation/run_study.sh {job.name}`" in text
+    assert f"{len(jobs)} jobs, {sum(j.estimate_s for j in jobs):.0f} s estimated" in text
+
+
+def test_report_command_on_a_results_file(tmp_path):
+    import subprocess
+    import sys
+
+    rows = synthetic_rows(
+        {
+            ("none", "full attention"): (FULL, None, {s: (0.9, 0.5) for s in range(3)}),
+            ("none", "SWA 512"): (NAIVE, None, {s: (0.0, 0.0) for s in range(3)}),
+        }
+    )
+    (tmp_path / "rows-s0-x.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run(
+        [sys.executable, "-m", "experiments.adaptation.run_study", "report", "--results", str(tmp_path)]
+        + [
+            "--out",
+            str(tmp_path / "report"),
+            "--resamples",
+            "100",
+            "--study",
+            str(root / "experiments/adaptation/study.yaml"),
+        ],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    targets = json.loads(done.stdout)
+    assert [t["met"] for t in targets] == [True, True, None, None]
+    assert "| full attention | none | 70.0% [t 70, 70;" in (tmp_path / "report" / "report.md").read_text()

@@ -90,6 +90,28 @@ def make_question_row(
     num_distractors: int,
 ) -> dict:
     """One row with a `hops`-hop question (1 or 2); its facts sit at depths in [min_depth, max_depth]."""
+    return _question_row(
+        rng,
+        split,
+        hops=hops,
+        num_words=num_words,
+        min_depth=min_depth,
+        max_depth=max_depth,
+        num_distractors=num_distractors,
+    )[0]
+
+
+def _question_row(
+    rng: random.Random,
+    split: str,
+    *,
+    hops: int,
+    num_words: int,
+    min_depth: float,
+    max_depth: float,
+    num_distractors: int,
+) -> tuple[dict, list[float]]:
+    """make_question_row's row and the depth (share of passage words before it) of each fact of the chain."""
     if hops not in (1, 2):
         raise ValueError(f"hops must be 1 or 2, got {hops!r}")
     names = _entities(rng, split, hops + 2 * num_distractors)
@@ -107,7 +129,7 @@ def make_question_row(
         word = "Who" if target.attribute == "keeper" else "What"
         question = f"{word} is the {target.attribute} of the {LINK_ATTRIBUTE} of the {chain[0]}?"
     total = sum(len(s.split()) for s in sentences)
-    return {
+    row = {
         "question": question,
         "answer": target.value,
         "prompt": render_prompt(sentences, question),
@@ -116,6 +138,7 @@ def make_question_row(
         "depth": words_before(sentences, where[target.sentence()]) / total,
         "hops": hops,
     }
+    return row, [words_before(sentences, where[fact.sentence()]) / total for fact in facts]
 
 
 def make_question_rows(
@@ -154,6 +177,89 @@ def make_question_rows(
         )
         for _ in range(num_rows)
     ]
+
+
+# ------------------------------------------------------------------------------------------
+# The held-out set of the multi-seed study: every question in one length bin and one depth bin
+# ------------------------------------------------------------------------------------------
+# Prompt tokens (shipped tokenizer) of each length bin, [low, high). Pretraining and the LoRA
+# see 2k-16k-token prompts (TRAIN_RANGE), so the last bin is longer than anything trained.
+LENGTH_BINS = {"2k-4k": (2048, 4096), "4k-8k": (4096, 8192), "8k-16k": (8192, 16384), "16k-24k": (16384, 24576)}
+TRAIN_RANGE = (2048, 16384)
+# Depth of every fact of a question's chain (share of the passage's words before it), [low, high].
+DEPTH_BINS = {"first 5%": (0.0, 0.05), "middle": (0.4, 0.6), "last 20%": (0.8, 1.0)}
+EVAL_QUESTIONS_PER_CELL = 25  # 4 length bins x 3 depth bins x 25 = 300 questions
+
+
+def make_eval_cell(
+    count: int,
+    *,
+    seed: int,
+    length_bin: str,
+    depth_bin: str,
+    length_bins: dict[str, tuple[int, int]] = LENGTH_BINS,
+    depth_bins: dict[str, tuple[float, float]] = DEPTH_BINS,
+    train_range: tuple[int, int] = TRAIN_RANGE,
+    split: str = "eval",
+    num_distractors: int = 4,
+    max_tries: int = 100,
+) -> list[dict]:
+    """`count` questions of one (length bin, depth bin) cell, single- and two-hop in turn.
+
+    Facts are planted in the middle 80% of the depth bin; the passage builder moves them to
+    the nearest sentence boundary and the distractors shift them, so a row whose chain leaves
+    the bin is drawn again (at most `max_tries` times). Rows get the bins' names, `in_range`
+    (the length bin lies inside `train_range`) and `cell_index`.
+    """
+    low, high = length_bins[length_bin]
+    shallow, deep = depth_bins[depth_bin]
+    margin = 0.1 * (deep - shallow)
+    in_range = train_range[0] <= low and high <= train_range[1]
+    rng = random.Random(f"swaa-repro-evalbins/{split}/{seed}/{length_bin}/{depth_bin}")
+    rows = []
+    for k in range(count):
+        for _ in range(max_tries):
+            row, depths = _question_row(
+                rng,
+                split,
+                hops=1 + k % 2,
+                num_words=_num_words(rng, low, high),
+                min_depth=shallow + margin,
+                max_depth=deep - margin,
+                num_distractors=num_distractors,
+            )
+            if all(shallow <= d <= deep for d in depths):
+                break
+        else:
+            raise ValueError(f"no row of {length_bin} tokens kept its facts in {depth_bin} in {max_tries} draws")
+        rows.append({**row, "length_bin": length_bin, "depth_bin": depth_bin, "in_range": in_range, "cell_index": k})
+    return rows
+
+
+def _eval_cell(job: tuple) -> list[dict]:
+    count, seed, length_bin, depth_bin, kwargs = job
+    return make_eval_cell(count, seed=seed, length_bin=length_bin, depth_bin=depth_bin, **kwargs)
+
+
+def make_eval_set(
+    questions_per_cell: int = EVAL_QUESTIONS_PER_CELL,
+    *,
+    seed: int = 0,
+    length_bins: dict[str, tuple[int, int]] = LENGTH_BINS,
+    depth_bins: dict[str, tuple[float, float]] = DEPTH_BINS,
+    train_range: tuple[int, int] = TRAIN_RANGE,
+    workers: int | None = None,
+    **kwargs,
+) -> list[dict]:
+    """The held-out set: `questions_per_cell` questions (eval entities) for every pair of a length
+    bin and a depth bin, cells in the order of the two dicts. Deterministic in `seed`: each cell
+    has its own random stream, so the set is the same whatever the number of worker processes."""
+    common = dict(length_bins=length_bins, depth_bins=depth_bins, train_range=train_range, **kwargs)
+    jobs = [(questions_per_cell, seed, lb, db, common) for lb in length_bins for db in depth_bins]
+    if workers == 0:
+        return [row for job in jobs for row in _eval_cell(job)]
+    with ProcessPoolExecutor(workers) as pool:
+        return [row for cell in pool.map(_eval_cell, jobs) for row in cell]
 
 
 def make_lm_texts(
@@ -268,6 +374,7 @@ DATASETS = {
     "eval": ("qa", "eval", 4, False),
     "eval_short": ("qa", "eval", 6, True),
     "drill": ("drill", "train", 7, True),  # held-out check during pretraining
+    "eval_bins": ("eval_bins", "eval", 8, False),  # the multi-seed study's held-out set (make_eval_set)
 }
 
 
@@ -279,11 +386,15 @@ def write_repro_data(
     max_tokens: int = 16384,
     short_tokens: tuple[int, int] = (64, 256),
     workers: int | None = None,
+    eval_length_bins: dict[str, tuple[int, int]] = LENGTH_BINS,
+    eval_depth_bins: dict[str, tuple[float, float]] = DEPTH_BINS,
 ) -> dict[str, Path]:
     """Write out_dir/NAME.parquet with `counts[NAME]` rows for each NAME of DATASETS.
 
     train/eval: questions (eval: over the eval entities); lm: text; *_short: the same kinds,
-    shorter; drill: look-up drills (make_drill_texts), no filler. Returns the paths.
+    shorter; drill: look-up drills (make_drill_texts), no filler; eval_bins: make_eval_set over
+    `eval_length_bins` x `eval_depth_bins` (its count a multiple of the number of cells), in
+    range where a length bin lies within min_tokens..max_tokens. Returns the paths.
     """
     unknown = sorted(set(counts) - set(DATASETS))
     if unknown:
@@ -292,6 +403,20 @@ def write_repro_data(
     for name, count in counts.items():
         kind, split, seed, short = DATASETS[name]
         low, high = short_tokens if short else (min_tokens, max_tokens)
-        rows = generate(kind, count, seed, workers, split=split, min_tokens=low, max_tokens=high)
+        if kind == "eval_bins":
+            cells = len(eval_length_bins) * len(eval_depth_bins)
+            if count % cells:
+                raise ValueError(f"counts[{name!r}]: {count} is not a multiple of the {cells} (length, depth) cells")
+            rows = make_eval_set(
+                count // cells,
+                seed=seed,
+                length_bins=eval_length_bins,
+                depth_bins=eval_depth_bins,
+                train_range=(min_tokens, max_tokens),
+                workers=workers,
+                split=split,
+            )
+        else:
+            rows = generate(kind, count, seed, workers, split=split, min_tokens=low, max_tokens=high)
         paths[name] = write_parquet(Path(out_dir) / f"{name}.parquet", rows)
     return paths

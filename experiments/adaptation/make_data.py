@@ -5,7 +5,10 @@
 train / eval: single- and two-hop retrieval questions over 2k-16k-token prompts (disjoint
 entities), fusang_long schema; train_short / lm_short / eval_short: 64-256 tokens; lm / lm_short: text
 for next-token pretraining; drill: look-up drills (facts, then their recall; no filler);
-eval_short: held-out short questions that pretraining checks itself on. Fixed seeds: the same files on every machine.
+eval_short: held-out short questions that pretraining checks itself on; eval_bins (with
+--eval-bins-rows): the multi-seed study's held-out set, every question in one length bin (2k-4k,
+4k-8k, 8k-16k, and 16k-24k beyond the trained range) and one depth bin (first 5%, middle,
+last 20%). Fixed seeds: the same files on every machine.
 """
 
 import argparse
@@ -32,6 +35,12 @@ def main() -> None:
         "--eval-short-rows", type=int, default=200, help="eval_short.parquet: held-out check in pretraining"
     )
     parser.add_argument("--eval-rows", type=int, default=200, help="eval.parquet rows (held-out entities)")
+    parser.add_argument(
+        "--eval-bins-rows",
+        type=int,
+        default=0,
+        help="eval_bins.parquet: the multi-seed study's held-out set over length x depth bins (0: none; 300 there)",
+    )
     parser.add_argument("--min-tokens", type=int, default=2048, help="shortest train/eval/lm prompt")
     parser.add_argument("--max-tokens", type=int, default=16384, help="longest train/eval/lm prompt")
     parser.add_argument("--short-tokens", type=int, nargs=2, default=[64, 256], help="length range of *_short")
@@ -47,6 +56,8 @@ def main() -> None:
         "drill": args.drill_rows,
         "eval_short": args.eval_short_rows,
     }
+    if args.eval_bins_rows:
+        counts["eval_bins"] = args.eval_bins_rows
     paths = write_repro_data(
         args.out,
         counts,

@@ -1,0 +1,352 @@
+"""Report of the multi-seed study: markdown tables, plots with error bars, the targets.
+
+    write_study_report(study, rows, out_dir) -> out_dir/summary.json, report.md, ladder.png,
+                                                 bins.png, tradeoff.png
+
+Every number is a mean over seeds with two 95% intervals (stats.py): "t" across seeds,
+"boot" a bootstrap over questions. The recovery sweep varies one factor of the KV arm
+without FA decode (study.default_arms) at a time, so that arm is every factor's reference. Error bars in the plots are the t interval (the bootstrap
+one where there is a single seed).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from experiments.adaptation.stats import NO_LORA, REFERENCE, compare, evaluate_targets, find, summarize
+from experiments.adaptation.study import StudyConfig, setting_name
+from swaa_train.swaa_config import SWAAConfig
+
+
+def pct(value: float | None, digits: int = 1) -> str:
+    return "-" if value is None else f"{100 * value:.{digits}f}%"
+
+
+def cell(record: dict | None, relative: bool = False) -> str:
+    """ "mean [t low, high; boot low, high]" of a summary record (percent), or "-"."""
+    if record is None:
+        return "-"
+    prefix = "relative_" if relative else ""
+    mean = record["relative" if relative else "mean"]
+    if mean is None:
+        return "-"
+    t, boot = record[f"{prefix}t_interval"], record[f"{prefix}bootstrap_interval"]
+    bound = lambda v: "-" if v is None else f"{100 * v:.0f}"
+    return f"{pct(mean)} [t {bound(t[0])}, {bound(t[1])}; boot {bound(boot[0])}, {bound(boot[1])}]"
+
+
+def short_cell(record: dict | None) -> str:
+    """ "mean ± half-width of the t interval" (the bootstrap one with a single seed)."""
+    if record is None:
+        return "-"
+    low, high = error_bounds(record)
+    return f"{100 * record['mean']:.0f} ± {50 * (high - low):.0f}" if low is not None else f"{100 * record['mean']:.0f}"
+
+
+def error_bounds(record: dict) -> tuple[float | None, float | None]:
+    low, high = record["t_interval"]
+    return (low, high) if low is not None else tuple(record["bootstrap_interval"])
+
+
+def _names(study: StudyConfig, num_layers: int) -> dict[str, list[str]]:
+    ladder = [setting_name(s) for s in study.ladder(num_layers)]
+    return {
+        "ladder": ladder,
+        "naive": setting_name(SWAAConfig(study.window)),
+        "fa_decode": setting_name(SWAAConfig(study.window, study.sinks, True)),
+    }
+
+
+# ------------------------------------------------------------------------------------------
+# Tables
+# ------------------------------------------------------------------------------------------
+def ladder_table(summary: list[dict], ladder: list[str], lora: str) -> str:
+    lines = [
+        "| setting | LoRA | all questions | in range | beyond range | vs full (in range) | KV saved | prefill cost |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for who in (NO_LORA, lora):
+        for name in ladder:
+            rec = {s: find(summary, who, name, s) for s in ("all", "in range", "beyond range")}
+            if rec["all"] is None:
+                continue
+            lines.append(
+                f"| {name} | {who} | {cell(rec['all'])} | {cell(rec['in range'])} | {cell(rec['beyond range'])} | "
+                f"{cell(rec['in range'], relative=True)} | {pct(rec['all']['kv_cache_saved'], 0)} | "
+                f"{pct(rec['all']['prefill_cost'])} |"
+            )
+    return "\n".join(lines)
+
+
+def bins_table(summary: list[dict], keys: list[tuple[str, str]], bins: list[str]) -> str:
+    lines = ["| setting | LoRA | " + " | ".join(bins) + " |", "| --- | --- |" + " --- |" * len(bins)]
+    for lora, name in keys:
+        if find(summary, lora, name) is None:
+            continue
+        lines.append(
+            f"| {name} | {lora} | " + " | ".join(short_cell(find(summary, lora, name, b)) for b in bins) + " |"
+        )
+    return "\n".join(lines)
+
+
+def arm_rows(summary: list[dict], study: StudyConfig, subset: str = "in range") -> list[dict]:
+    """For each arm: its own setting with its LoRA, without LoRA, and with its LoRA + FA decode."""
+    out = []
+    for arm in study.arms:
+        own = setting_name(arm.swaa)
+        with_fa = setting_name(SWAAConfig(**{**arm.swaa.to_dict(), "force_fa_decode": True}))
+        out.append(
+            {
+                "arm": arm,
+                "setting": own,
+                "lora": find(summary, arm.name, own, subset),
+                "base": find(summary, NO_LORA, own, subset),
+                "lora_fa": find(summary, arm.name, with_fa, subset) if with_fa != own else None,
+            }
+        )
+    return out
+
+
+def arms_table(summary: list[dict], study: StudyConfig) -> str:
+    lines = [
+        "| LoRA | trained under | arm | steps | KV saved | prefill cost | no LoRA | with its LoRA | "
+        "vs full | its LoRA + FA decode |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in arm_rows(summary, study):
+        arm, rec = r["arm"], r["lora"]
+        if rec is None:
+            continue
+        steps = rec["lora_steps"]
+        lines.append(
+            f"| {arm.name} | {r['setting']} | {arm.group}{f': {arm.factor} = {arm.level}' if arm.factor else ''} | "
+            f"{min(steps)}-{max(steps)} | {pct(rec['kv_cache_saved'], 0)} | {pct(rec['prefill_cost'])} | "
+            f"{cell(r['base'])} | {cell(rec)} | {cell(rec, relative=True)} | {cell(r['lora_fa'])} |"
+        )
+    return "\n".join(lines)
+
+
+def sweep_table(summary: list[dict], rows: list[dict], study: StudyConfig, resamples: int = 2000) -> str:
+    """The recovery sweep: each arm that varies one factor of the reference arm, its accuracy with
+    its LoRA under its own setting, and the paired difference to the reference (in range)."""
+    reference = next(a for a in study.arms if a.name == study.sweep_reference)
+    ref_key = (reference.name, setting_name(reference.swaa))
+    lines = [
+        "| factor | level | LoRA | setting | with its LoRA | minus the reference | KV saved | prefill cost |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for arm in [reference, *(a for a in study.arms if a.factor and a is not reference)]:
+        key = (arm.name, setting_name(arm.swaa))
+        rec = find(summary, *key, "in range")
+        if rec is None:
+            continue
+        diff = compare(rows, key, ref_key, resamples=resamples) if arm is not reference else None
+        diff_cell = "reference" if arm is reference else cell(diff)
+        lines.append(
+            f"| {arm.factor or '-'} | {arm.level or '-'} | {arm.name} | {key[1]} | {cell(rec)} | {diff_cell} | "
+            f"{pct(rec['kv_cache_saved'], 0)} | {pct(rec['prefill_cost'])} |"
+        )
+    return "\n".join(lines)
+
+
+def targets_table(targets: list[dict]) -> str:
+    word = {True: "**met**", False: "**missed**", None: "not run"}
+    sure = {True: "both on the verdict's side", False: "an interval crosses the threshold", None: ""}
+    lines = ["| target | verdict | intervals | evidence |", "| --- | --- | --- | --- |"]
+    lines += [f"| {t['target']} | {word[t['met']]} | {sure[t['interval_agrees']]} | {t['evidence']} |" for t in targets]
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------
+# Plots
+# ------------------------------------------------------------------------------------------
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _errorbar(ax, x, records, **kwargs):
+    means = [100 * r["mean"] for r in records]
+    bounds = [error_bounds(r) for r in records]
+    yerr = [
+        [m - 100 * (b[0] if b[0] is not None else m / 100) for m, b in zip(means, bounds)],
+        [100 * (b[1] if b[1] is not None else m / 100) - m for m, b in zip(means, bounds)],
+    ]
+    return ax.errorbar(x, means, yerr=yerr, capsize=3, **kwargs)
+
+
+def plot_ladder(summary: list[dict], ladder: list[str], lora: str, path: Path, subset: str = "all") -> Path:
+    """Accuracy of the ladder without and with the LoRA: bars, t interval, bootstrap interval, seeds."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 4.2), dpi=130)
+    for k, (who, color) in enumerate(((NO_LORA, "tab:gray"), (lora, "tab:blue"))):
+        records = [find(summary, who, name, subset) for name in ladder]
+        xs = [i + (k - 0.5) * 0.38 for i, r in enumerate(records) if r]
+        records = [r for r in records if r]
+        if not records:
+            continue
+        ax.bar(xs, [100 * r["mean"] for r in records], width=0.36, color=color, alpha=0.6, label=f"LoRA: {who}")
+        _errorbar(ax, xs, records, fmt="none", ecolor="k", lw=1.2)
+        for x, r in zip(xs, records):
+            low, high = r["bootstrap_interval"]
+            ax.plot([x + 0.08, x + 0.08], [100 * low, 100 * high], color="tab:red", lw=2, alpha=0.7)
+            ax.scatter([x - 0.08] * len(r["per_seed"]), [100 * v for v in r["per_seed"]], s=8, color="k", zorder=3)
+    ax.plot([], [], color="tab:red", lw=2, label="95% bootstrap over questions")
+    ax.errorbar([], [], yerr=[], fmt="none", ecolor="k", capsize=3, label="95% t interval over seeds")
+    ax.set_xticks(range(len(ladder)), [n.replace(" + ", "\n+ ") for n in ladder], fontsize=6)
+    ax.set_ylabel(f"accuracy, {subset} questions (%)")
+    ax.set_ylim(0, 105)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=7)
+    return _save(fig, plt, path)
+
+
+def plot_bins(summary: list[dict], keys: list[tuple[str, str]], length_bins, depth_bins, path: Path) -> Path:
+    """Accuracy per length bin and per depth bin, one line (with error bars) per (LoRA, setting)."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.2 + 0.12 * len(keys)), dpi=130, sharey=True)
+    for ax, bins, title in ((axes[0], length_bins, "prompt length (tokens)"), (axes[1], depth_bins, "fact depth")):
+        for k, (lora, name) in enumerate(keys):
+            records = [find(summary, lora, name, b) for b in bins]
+            if not all(records):
+                continue
+            xs = [i + 0.04 * (k - len(keys) / 2) for i in range(len(bins))]
+            label = name if lora == NO_LORA else f"{name} + LoRA {lora}"
+            _errorbar(ax, xs, records, marker="o", ms=4, lw=1, label=label, ls="-" if lora == NO_LORA else "--")
+        ax.set_xticks(range(len(bins)), bins, fontsize=8)
+        ax.set_xlabel(title)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("accuracy (%)")
+    axes[0].set_ylim(-3, 105)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=7, loc="lower center", ncol=2, frameon=False)
+    fig.tight_layout(rect=(0, 0.01 + 0.035 * ((len(labels) + 1) // 2), 1, 1))
+    return _save(fig, plt, path, layout=False)
+
+
+def plot_tradeoff(summary: list[dict], study: StudyConfig, path: Path, subset: str = "in range") -> Path:
+    """Accuracy of each arm's setting, with its LoRA and without, against KV cache saved and
+    against prefill cost."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.4), dpi=130, sharey=True)
+    rows = arm_rows(summary, study, subset)
+    full = find(summary, *REFERENCE, subset)
+    colors = {"ladder": "tab:blue", "kv": "tab:orange", "sweep": "tab:green"}
+    for ax, key, label in (
+        (axes[0], "kv_cache_saved", "KV cache saved (%)"),
+        (axes[1], "prefill_cost", "prefill cost (%)"),
+    ):
+        seen: dict[float, int] = {}
+        for r in rows:
+            if r["lora"] is None:
+                continue
+            x = 100 * r["lora"][key]
+            shift = 1.2 * seen.get(round(x), 0)  # arms at the same cost side by side
+            seen[round(x)] = seen.get(round(x), 0) + 1
+            for rec, marker, color in ((r["base"], "o", "tab:gray"), (r["lora"], "^", colors[r["arm"].group])):
+                if rec is not None:
+                    _errorbar(ax, [x + shift], [rec], fmt=marker, color=color, ms=5)
+            y = 100 * r["lora"]["mean"]
+            ax.annotate(
+                r["arm"].name, (x + shift, y), textcoords="offset points", xytext=(3, 3), fontsize=5.5, rotation=30
+            )
+        frontier = pareto([(100 * r["lora"][key], 100 * r["lora"]["mean"]) for r in rows if r["lora"]], key)
+        if full:
+            frontier = pareto([(100 * full[key], 100 * full["mean"]), *frontier], key)
+        ax.plot(
+            *zip(*frontier),
+            color="k",
+            lw=0.8,
+            alpha=0.5,
+            drawstyle="steps-pre" if key == "kv_cache_saved" else "steps-post",
+        )
+        if full:
+            ax.axhline(100 * full["mean"], ls="--", lw=0.8, color="k")
+            ax.axhline(50 * full["mean"], ls=":", lw=0.8, color="tab:red")
+        ax.set_xlabel(label)
+        ax.set_xlim(-3, 103)
+        ax.grid(alpha=0.3)
+    axes[0].axvline(50, ls=":", lw=0.8, color="tab:red")
+    axes[0].set_ylabel(f"accuracy, {subset} questions (%)")
+    axes[0].set_ylim(-3, 105)
+    handles = [
+        axes[0].scatter([], [], marker="o", color="tab:gray", label="no LoRA"),
+        *(axes[0].scatter([], [], marker="^", color=c, label=f"LoRA ({g})") for g, c in colors.items()),
+        axes[0].plot([], [], ls="--", color="k", label="full attention")[0],
+        axes[0].plot([], [], ls=":", color="tab:red", label="50% of full / 50% KV saved")[0],
+    ]
+    fig.legend(handles=handles, fontsize=7, loc="lower center", ncol=len(handles), frameon=False)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    return _save(fig, plt, path, layout=False)
+
+
+def pareto(points: list[tuple[float, float]], key: str) -> list[tuple[float, float]]:
+    """The points no other point beats: more KV saved (or less prefill cost) at no lower accuracy."""
+    better = (lambda a, b: a >= b) if key == "kv_cache_saved" else (lambda a, b: a <= b)
+    dominates = lambda q, p: better(q[0], p[0]) and q[1] >= p[1] and tuple(q) != tuple(p)
+    return sorted({tuple(p) for p in points if not any(dominates(q, p) for q in points)})
+
+
+def _save(fig, plt, path: Path, layout: bool = True) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if layout:
+        fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+# ------------------------------------------------------------------------------------------
+# The whole report
+# ------------------------------------------------------------------------------------------
+def write_study_report(
+    study: StudyConfig, rows: list[dict], out_dir: str | Path, *, resamples: int = 2000, plot_prefix: str = ""
+) -> dict:
+    """summary.json (every record and the targets), report.md and the three plots in out_dir."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    summary = summarize(rows, resamples=resamples)
+    num_layers = rows[0]["num_layers"]
+    names = _names(study, num_layers)
+    lora = study.ladder_arm.name
+    targets = evaluate_targets(summary, lora, names["fa_decode"], names["naive"])
+    keys = [(NO_LORA, n) for n in names["ladder"]] + [(lora, n) for n in names["ladder"][3:]]
+    keys += [(NO_LORA, setting_name(a.swaa)) for a in study.arms if a.group == "kv"]
+    keys += [(a.name, setting_name(a.swaa)) for a in study.arms if a.group == "kv"]
+    keys = list(dict.fromkeys(keys))
+    # The plot: full attention, naive SWA, FA decode without and with its LoRA, the KV arms with their LoRAs.
+    plotted = [k for k in keys if k[1] in (names["ladder"][0], names["naive"], names["fa_decode"]) or k[0] != NO_LORA]
+    length_bins, depth_bins = list(study.length_bins), list(study.depth_bins)
+    seeds = sorted({r["seed"] for r in rows})
+    questions = len({r["index"] for r in rows})
+    plots = {
+        "ladder": plot_ladder(summary, names["ladder"], lora, out / f"{plot_prefix}ladder.png"),
+        "bins": plot_bins(summary, plotted, length_bins, depth_bins, out / f"{plot_prefix}bins.png"),
+        "tradeoff": plot_tradeoff(summary, study, out / f"{plot_prefix}tradeoff.png"),
+    }
+    report = "\n\n".join(
+        [
+            f"# Adaptation study: {len(seeds)} seeds ({', '.join(map(str, seeds))}) x {questions} questions",
+            "Each cell: mean over seeds (t: 95% t interval over seeds; boot: 95% bootstrap over questions).",
+            "## Targets (in-range questions)\n\n" + targets_table(targets),
+            "## The ladder, without and with the FA-decode LoRA\n\n" + ladder_table(summary, names["ladder"], lora),
+            f"![ladder]({plots['ladder'].name})",
+            "## Per length bin and per depth bin (mean ± half the t interval, %; bootstrap intervals in summary.json)\n\n"
+            + bins_table(summary, keys, length_bins + depth_bins),
+            f"![bins]({plots['bins'].name})",
+            "## Every LoRA under its own setting (in-range questions)\n\n" + arms_table(summary, study),
+            "## Recovery sweep without FA decode (in-range questions; differences paired by seed and question)\n\n"
+            + sweep_table(summary, rows, study, resamples),
+            f"![tradeoff]({plots['tradeoff'].name})",
+        ]
+    )
+    (out / "report.md").write_text(report + "\n")
+    result = {"seeds": seeds, "questions": questions, "targets": targets, "summary": summary}
+    (out / "summary.json").write_text(json.dumps(result, indent=1) + "\n")
+    return result

@@ -1,0 +1,69 @@
+"""The multi-seed adaptation study (study.py): the plan of GPU jobs, one job, or the report.
+
+    python -m experiments.adaptation.run_study plan                    # jobs, their tasks and time estimates
+    python -m experiments.adaptation.run_study job s0-0                # one job (at most ~10 min on one H100)
+    python -m experiments.adaptation.run_study collect s0-0 --to DIR   # its results, laid out as under out_dir
+    python -m experiments.adaptation.run_study all                     # every job in turn (one long session)
+    python -m experiments.adaptation.run_study report --results outputs/adaptation --out outputs/adaptation/report
+
+--study names the StudyConfig YAML (default experiments/adaptation/study.yaml).
+"""
+
+import argparse
+import json
+import sys
+
+from experiments.adaptation.data import show_progress
+from experiments.adaptation.study import StudyConfig, collect_job, find_job, plan_jobs, read_rows, run_job
+
+
+def format_plan(study: StudyConfig) -> str:
+    jobs = plan_jobs(study)
+    lines = ["| job | tasks | estimate (s) | command |", "| --- | --- | --- | --- |"]
+    for job in jobs:
+        command = f"bash experiments/adaptation/run_study.sh {job.name}"
+        lines.append(f"| {job.name} | {', '.join(job.tasks)} | {job.estimate_s:.0f} | `{command}` |")
+    total = sum(j.estimate_s for j in jobs)
+    lines.append(f"\n{len(jobs)} jobs, {total:.0f} s estimated ({total / 3600:.1f} GPU-hours on one H100)")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("action", choices=["plan", "job", "collect", "all", "report"])
+    parser.add_argument("job", nargs="?", help="job name (job, collect): see plan")
+    parser.add_argument("--study", default="experiments/adaptation/study.yaml", help="the study's YAML")
+    parser.add_argument("--to", help="collect: directory to copy the job's results into")
+    parser.add_argument("--results", nargs="+", default=None, help="report: directories of rows-*.jsonl")
+    parser.add_argument("--out", default=None, help="report: directory for report.md, summary.json, plots")
+    parser.add_argument("--resamples", type=int, default=2000, help="report: bootstrap resamples")
+    args = parser.parse_args()
+    study = StudyConfig.load(args.study)
+    show_progress()
+    if args.action == "plan":
+        sys.stdout.write(format_plan(study) + "\n")
+    elif args.action in ("job", "collect"):
+        if not args.job:
+            parser.error(f"{args.action} needs a job name (see: plan)")
+        job = find_job(study, args.job)
+        if args.action == "job":
+            run_job(study, job)
+        else:
+            if not args.to:
+                parser.error("collect needs --to")
+            sys.stdout.write("\n".join(map(str, collect_job(study, job, args.to))) + "\n")
+    elif args.action == "all":
+        for job in plan_jobs(study):
+            run_job(study, job)
+    else:
+        from experiments.adaptation.report import write_study_report
+
+        rows = read_rows(args.results or [study.out_dir])
+        if not rows:
+            parser.error(f"no rows-*.jsonl under {args.results or [study.out_dir]}")
+        result = write_study_report(study, rows, args.out or f"{study.out_dir}/report", resamples=args.resamples)
+        sys.stdout.write(json.dumps(result["targets"], indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

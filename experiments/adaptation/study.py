@@ -1,0 +1,526 @@
+"""The multi-seed adaptation study (issue 14): several pretraining seeds, each evaluated on the
+held-out binned set (data.make_eval_set) under the SWAA ladder and the KV-saving settings, with
+and without a LoRA trained under each setting, plus a sweep of what lets a LoRA without FA
+decode recover.
+
+A study is a `StudyConfig` (experiments/adaptation/study.yaml for the GPU run). Its work is a
+list of tasks per seed:
+- `pretrain`: the data, full-attention pretraining (seed = the study seed), the base packed
+  into chunks so later jobs on other machines can rebuild it (ladder.pack_base);
+- `base_ladder`, `base_kv`: the base model, no LoRA, under the ladder and under every arm's
+  own setting;
+- `arm:NAME`: a LoRA trained by swaa_train's trainer under the arm's setting (LoRA seed = the
+  study seed), evaluated under that setting and that setting with FA decode (the FA-decode arm:
+  under the whole ladder).
+`plan_jobs` packs the tasks of each seed into jobs that fit `job_budget_s` by the time
+estimates of `Estimates`; `run_job` runs one (skipping tasks already done, so a job cut short
+can be run again). Every task writes `rows-s{seed}-{task}.jsonl`: one row per evaluated
+question, tagged with seed, LoRA, setting, its SWAA config and the question's bins and prompt
+length; stats.py and report.py need nothing else.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import gc
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import torch
+from transformers.utils import logging
+
+from experiments.adaptation.data import DEPTH_BINS, LENGTH_BINS, TRAIN_RANGE, write_repro_data
+from swaa_train.evaluate import EvalSetting, default_settings
+from swaa_train.recipe import load_yaml
+from swaa_train.swaa_config import SWAAConfig, reject_unknown
+from swaa_train.synthetic import write_parquet
+
+logger = logging.get_logger("swaa_train")
+
+NO_LORA = "none"
+
+
+def setting_name(swaa: SWAAConfig) -> str:
+    """A name that spells the setting out, e.g. "SWA 512 + sinks 32 + full layers 1,5"."""
+    if swaa.sliding_window_size is None:
+        return "full attention"
+    parts = [f"SWA {swaa.sliding_window_size}"]
+    if swaa.keep_first:
+        parts.append(f"sinks {swaa.keep_first}")
+    fa = swaa.force_fa_decode
+    if fa:
+        parts.append("FA decode" if fa is True else f"FA decode in layers {','.join(map(str, fa))}")
+    if swaa.non_sliding_layers:
+        parts.append(f"full layers {','.join(map(str, swaa.non_sliding_layers))}")
+    return " + ".join(parts)
+
+
+@dataclass
+class Arm:
+    """One LoRA per seed, trained under `swaa` and evaluated under it."""
+
+    name: str = field(metadata={"help": "Short name, used in file names and tables."})
+    swaa: SWAAConfig = field(metadata={"help": "The setting the LoRA is trained (and evaluated) under."})
+    group: str = field(default="kv", metadata={"help": "ladder (the FA-decode LoRA), kv or sweep."})
+    factor: str = field(default="", metadata={"help": "Recovery sweep: the factor this arm varies."})
+    level: str = field(default="", metadata={"help": "Recovery sweep: this arm's level of `factor`."})
+    steps: int | None = field(default=None, metadata={"help": "LoRA steps (default: the study's lora_steps)."})
+    learning_rate: float | None = field(default=None, metadata={"help": "LoRA learning rate (default: the recipe's)."})
+    data: str = field(default="train", metadata={"help": "train (long questions) or mix (long + short, 1:1)."})
+    eval_ladder: bool = field(
+        default=False, metadata={"help": "Evaluate the adapter under the whole ladder (else its setting +- FA decode)."}
+    )
+
+    def __post_init__(self):
+        if isinstance(self.swaa, dict):
+            self.swaa = SWAAConfig.from_dict(self.swaa)
+        if self.swaa.sliding_window_size is None:
+            raise ValueError(f"arm {self.name!r}: swaa.sliding_window_size must be set (a LoRA under full attention)")
+        if self.group not in ("ladder", "kv", "sweep"):
+            raise ValueError(f"arm {self.name!r}: group must be ladder, kv or sweep, got {self.group!r}")
+        if self.data not in ("train", "mix"):
+            raise ValueError(f"arm {self.name!r}: data must be train or mix, got {self.data!r}")
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Arm:
+        reject_unknown(cls, data, f"arm {data.get('name')!r}")
+        return cls(**data)
+
+
+@dataclass
+class Estimates:
+    """Seconds per unit of work on one H100, from the single-seed run of docs/adaptation.md."""
+
+    job_start_s: float = field(default=40.0, metadata={"help": "Imports, eval/train data, unpacking the base."})
+    pretrain_data_s: float = field(default=25.0, metadata={"help": "All pretraining data (16 processes)."})
+    pretrain_extra_s: float = field(default=25.0, metadata={"help": "Model build, saving, packing."})
+    model_load_s: float = field(default=8.0, metadata={"help": "Loading base (+ adapter) for one evaluation."})
+    tokenize_s: float = field(default=32.0, metadata={"help": "LoRA data tokenized, trainer built."})
+    lora_step_s: float = field(default=0.32, metadata={"help": "One LoRA step (60 s made 190 steps)."})
+    eval_question_s: float = field(
+        default=0.06, metadata={"help": "One question under one setting (26 s for 5 x 100 at 2k-16k tokens)."}
+    )
+
+
+@dataclass
+class StudyConfig:
+    """Everything the study runs (experiments/adaptation/study.yaml)."""
+
+    out_dir: str = field(default="outputs/adaptation", metadata={"help": "data/, seed{N}/ and the row files."})
+    recipe: str = field(default="experiments/adaptation/lora.yaml", metadata={"help": "The LoRA recipe."})
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2], metadata={"help": "Pretraining and LoRA seeds."})
+    eval_questions: int = field(default=300, metadata={"help": "Held-out questions (a multiple of the cells)."})
+    length_bins: dict = field(default_factory=lambda: dict(LENGTH_BINS), metadata={"help": "name: [low, high) tokens"})
+    depth_bins: dict = field(default_factory=lambda: dict(DEPTH_BINS), metadata={"help": "name: [low, high] depth"})
+    train_range: list[int] = field(default_factory=lambda: list(TRAIN_RANGE), metadata={"help": "Trained lengths."})
+    data_counts: dict = field(
+        default_factory=lambda: {
+            "train": 6000,
+            "train_short": 30000,
+            "lm": 3000,
+            "lm_short": 10000,
+            "drill": 60000,
+            "eval_short": 200,
+        },
+        metadata={"help": "Rows of each pretraining / LoRA data set (data.DATASETS)."},
+    )
+    short_tokens: list[int] = field(default_factory=lambda: [64, 256], metadata={"help": "Length of *_short rows."})
+    pretrain: dict = field(
+        default_factory=lambda: {"time_budget_s": 300.0},
+        metadata={"help": "PretrainArgs fields (not data_dir, out_dir, seed)."},
+    )
+    window: int = field(default=512, metadata={"help": "Sliding window of the ladder."})
+    sinks: int = field(default=32, metadata={"help": "Sink tokens of the ladder."})
+    full_layers: list[int] = field(default_factory=lambda: [1, 5], metadata={"help": "Interleaving of the ladder."})
+    lora_steps: int = field(default=200, metadata={"help": "LoRA steps of an arm that sets none."})
+    lora_time_cap_s: float | None = field(default=300.0, metadata={"help": "Stop any LoRA after this long."})
+    lora_overrides: list[str] = field(default_factory=list, metadata={"help": "Recipe overrides for every LoRA."})
+    arms: list[Arm] = field(default_factory=list, metadata={"help": "The LoRAs (default: default_arms())."})
+    sweep_reference: str = field(
+        default="no_fa", metadata={"help": "The arm the recovery sweep varies (the sweep's reference)."}
+    )
+    max_new_tokens: int = field(default=48, metadata={"help": "Answer length limit."})
+    batch_size: int = field(default=50, metadata={"help": "Prompts per generate call."})
+    dtype: str = field(default="bfloat16", metadata={"help": "Evaluation dtype."})
+    device: str | None = field(default=None, metadata={"help": "cuda or cpu (default: cuda if available)."})
+    num_proc: int | None = field(default=16, metadata={"help": "Processes generating and tokenizing data."})
+    job_budget_s: float = field(default=540.0, metadata={"help": "Estimated seconds a job may take."})
+    estimates: Estimates = field(default_factory=Estimates, metadata={"help": "Time estimates (Estimates)."})
+
+    def __post_init__(self):
+        if isinstance(self.estimates, dict):
+            reject_unknown(Estimates, self.estimates, "estimates")
+            self.estimates = Estimates(**self.estimates)
+        self.arms = [Arm.from_dict(a) if isinstance(a, dict) else a for a in self.arms] or default_arms(
+            self.window, self.sinks, self.full_layers
+        )
+        names = [a.name for a in self.arms]
+        if len(set(names)) != len(names) or any(not n.replace("_", "").replace("-", "").isalnum() for n in names):
+            raise ValueError(f"arms: names must be unique and alphanumeric (with _ or -), got {names}")
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds must be distinct and not empty, got {self.seeds}")
+        cells = len(self.length_bins) * len(self.depth_bins)
+        if self.eval_questions <= 0 or self.eval_questions % cells:
+            raise ValueError(f"eval_questions must be a positive multiple of {cells} cells, got {self.eval_questions}")
+        if self.sweep_reference not in names:
+            raise ValueError(f"sweep_reference: {self.sweep_reference!r} is not an arm; arms: {names}")
+        if sum(a.eval_ladder for a in self.arms) != 1:
+            raise ValueError("arms: exactly one arm must have eval_ladder (the LoRA of the ladder)")
+
+    @classmethod
+    def from_dict(cls, data: dict) -> StudyConfig:
+        reject_unknown(cls, data, "study")
+        return cls(**data)
+
+    @classmethod
+    def load(cls, path: str | Path) -> StudyConfig:
+        return cls.from_dict(load_yaml(Path(path).read_text()) or {})
+
+    # -- where things go ------------------------------------------------------------------
+    @property
+    def data_dir(self) -> Path:
+        return Path(self.out_dir) / "data"
+
+    def seed_dir(self, seed: int) -> Path:
+        return Path(self.out_dir) / f"seed{seed}"
+
+    def rows_path(self, seed: int, task: str) -> Path:
+        return self.seed_dir(seed) / "rows" / f"rows-s{seed}-{task.replace(':', '-')}.jsonl"
+
+    # -- what is evaluated ----------------------------------------------------------------
+    @property
+    def ladder_arm(self) -> Arm:
+        return next(a for a in self.arms if a.eval_ladder)
+
+    def ladder(self, num_layers: int) -> list[SWAAConfig]:
+        """full attention, naive SWA, + sinks, + FA decode, + interleaving (evaluate.default_settings)."""
+        trained = SWAAConfig(self.window, self.sinks, True, self.full_layers)
+        return [s.swaa for s in default_settings(trained, num_layers, has_adapter=False)]
+
+    def kv_settings(self, num_layers: int) -> list[SWAAConfig]:
+        """Every arm's own setting that the ladder lacks (evaluated without LoRA in base_kv)."""
+        out = []
+        for arm in self.arms:
+            if arm.swaa not in self.ladder(num_layers) and arm.swaa not in out:
+                out.append(arm.swaa)
+        return out
+
+    def arm_settings(self, arm: Arm, num_layers: int) -> list[SWAAConfig]:
+        if arm.eval_ladder:
+            return self.ladder(num_layers)
+        with_fa = dataclasses.replace(arm.swaa, force_fa_decode=True)
+        return [arm.swaa] if arm.swaa.force_fa_decode is True else [arm.swaa, with_fa]
+
+    def tasks(self) -> list[str]:
+        return ["pretrain", "base_ladder", "base_kv", *(f"arm:{a.name}" for a in self.arms)]
+
+
+def default_arms(window: int = 512, sinks: int = 32, full_layers: list[int] | None = None) -> list[Arm]:
+    """The LoRAs of issue 14 for an 8-layer model: the ladder's (FA decode), the KV-saving ones
+    (no FA decode: sinks + interleaving; every other layer full), and a sweep around the first
+    KV-saving one, one factor at a time: full-layer count, window, learning rate, steps, data."""
+    full_layers = full_layers or [1, 5]
+    no_fa = lambda w=window, layers=full_layers: SWAAConfig(w, sinks, False, layers)
+    return [
+        Arm("fa_decode", SWAAConfig(window, sinks, True, full_layers), group="ladder", eval_ladder=True),
+        Arm("no_fa", no_fa(), group="kv"),
+        Arm("no_fa_every_other", no_fa(layers=[1, 3, 5, 7]), group="kv", factor="full layers", level="4"),
+        Arm("no_fa_3full", no_fa(layers=[1, 4, 7]), group="sweep", factor="full layers", level="3"),
+        Arm("no_fa_w1024", no_fa(w=1024), group="sweep", factor="window", level="1024"),
+        Arm("no_fa_w2048", no_fa(w=2048), group="sweep", factor="window", level="2048"),
+        Arm("no_fa_lr3e-4", no_fa(), group="sweep", factor="learning rate", level="3e-4", learning_rate=3e-4),
+        Arm("no_fa_lr1e-4", no_fa(), group="sweep", factor="learning rate", level="1e-4", learning_rate=1e-4),
+        Arm("no_fa_600steps", no_fa(), group="sweep", factor="steps", level="600", steps=600),
+        Arm("no_fa_mix", no_fa(), group="sweep", factor="data mix", level="long + short 1:1", data="mix"),
+    ]
+
+
+# ------------------------------------------------------------------------------------------
+# The plan: tasks packed into jobs of at most job_budget_s (estimated)
+# ------------------------------------------------------------------------------------------
+NUM_LAYERS = 8  # the pretrained model's layers, for estimates (PretrainArgs.num_layers)
+
+
+def estimate_s(study: StudyConfig, task: str) -> float:
+    est, q = study.estimates, study.eval_questions
+    num_layers = int(study.pretrain.get("num_layers", NUM_LAYERS))
+    if task == "pretrain":
+        from experiments.adaptation.pretrain import PretrainArgs
+
+        budget = study.pretrain.get("time_budget_s", PretrainArgs.__dataclass_fields__["time_budget_s"].default)
+        return est.pretrain_data_s + float(budget) + est.pretrain_extra_s
+    if task == "base_ladder":
+        return est.model_load_s + len(study.ladder(num_layers)) * q * est.eval_question_s
+    if task == "base_kv":
+        return est.model_load_s + len(study.kv_settings(num_layers)) * q * est.eval_question_s
+    arm = next(a for a in study.arms if f"arm:{a.name}" == task)
+    steps = arm.steps or study.lora_steps
+    train = min(steps * est.lora_step_s, study.lora_time_cap_s or float("inf"))
+    evals = len(study.arm_settings(arm, num_layers)) * q * est.eval_question_s
+    return 2 * est.model_load_s + est.tokenize_s + train + evals
+
+
+@dataclass
+class Job:
+    name: str
+    seed: int
+    tasks: list[str]
+    estimate_s: float
+
+
+def plan_jobs(study: StudyConfig) -> list[Job]:
+    """Per seed, the tasks in order, packed greedily into jobs whose estimate fits job_budget_s
+    (job_start_s included); a task alone over the budget gets a job of its own."""
+    jobs = []
+    for seed in study.seeds:
+        current: list[str] = []
+        total = study.estimates.job_start_s
+        for task in study.tasks():
+            cost = estimate_s(study, task)
+            if current and total + cost > study.job_budget_s:
+                jobs.append(Job(f"s{seed}-{len([j for j in jobs if j.seed == seed])}", seed, current, total))
+                current, total = [], study.estimates.job_start_s
+            current.append(task)
+            total += cost
+        jobs.append(Job(f"s{seed}-{len([j for j in jobs if j.seed == seed])}", seed, current, total))
+    return jobs
+
+
+def find_job(study: StudyConfig, name: str) -> Job:
+    jobs = plan_jobs(study)
+    for job in jobs:
+        if job.name == name:
+            return job
+    raise ValueError(f"no job {name!r} in the plan; jobs: {[j.name for j in jobs]}")
+
+
+# ------------------------------------------------------------------------------------------
+# Running a job
+# ------------------------------------------------------------------------------------------
+def ensure_data(study: StudyConfig, names: list[str]) -> dict[str, Path]:
+    """The data sets `names` (data.DATASETS, + "train_mix") in data_dir, written where missing
+    (every one is deterministic, so a file written by an earlier job is the same)."""
+    counts = {**study.data_counts, "eval_bins": study.eval_questions}
+    paths = {name: study.data_dir / f"{name}.parquet" for name in names}
+    wanted = {"train", "train_short"} if "train_mix" in names else set()
+    missing = {
+        n: counts[n] for n in {*names, *wanted} - {"train_mix"} if not (study.data_dir / f"{n}.parquet").is_file()
+    }
+    if missing:
+        write_repro_data(
+            study.data_dir,
+            missing,
+            min_tokens=study.train_range[0],
+            max_tokens=study.train_range[1],
+            short_tokens=tuple(study.short_tokens),
+            workers=study.num_proc,
+            eval_length_bins={k: tuple(v) for k, v in study.length_bins.items()},
+            eval_depth_bins={k: tuple(v) for k, v in study.depth_bins.items()},
+        )
+    if "train_mix" in names and not paths["train_mix"].is_file():
+        write_mix(study.data_dir / "train.parquet", study.data_dir / "train_short.parquet", paths["train_mix"])
+    return paths
+
+
+def write_mix(first: Path, second: Path, out: Path) -> Path:
+    """Rows of the two files in turn (first, second, first, ...), the rest of the longer one after:
+    any leading slice (data.max_samples) holds both kinds in equal numbers."""
+    a, b = pq.read_table(first).to_pylist(), pq.read_table(second).to_pylist()
+    mixed = [row for pair in zip(a, b) for row in pair] + a[len(b) :] + b[len(a) :]
+    return write_parquet(out, mixed)
+
+
+def ensure_base(study: StudyConfig, seed: int) -> Path:
+    """The pretrained base of `seed`: already there, or rebuilt from its chunks."""
+    from experiments.adaptation.ladder import CHUNK_MANIFEST, unpack_base
+
+    base, chunks = study.seed_dir(seed) / "base", study.seed_dir(seed) / "chunks"
+    if (base / "config.json").is_file():
+        return base
+    if not (chunks / CHUNK_MANIFEST).is_file():
+        raise FileNotFoundError(
+            f"seed {seed}: no base in {base} and no {CHUNK_MANIFEST} in {chunks}: run its pretrain job"
+        )
+    return unpack_base(chunks, base)
+
+
+def run_pretrain(study: StudyConfig, seed: int) -> dict:
+    from experiments.adaptation.ladder import pack_base
+    from experiments.adaptation.pretrain import PretrainArgs, pretrain
+
+    ensure_data(study, [*study.data_counts, "eval_bins"])
+    base = study.seed_dir(seed) / "base"
+    args = PretrainArgs(
+        data_dir=str(study.data_dir), out_dir=str(base), seed=seed, device=study.device, **study.pretrain
+    )
+    summary = pretrain(args)
+    pack_base(base, study.seed_dir(seed) / "chunks")
+    return {"pretrain_steps": summary["steps"], "pretrain_s": summary["seconds"]}
+
+
+@functools.lru_cache(maxsize=4)
+def question_info(eval_path: Path, tokenizer_dir: Path) -> tuple[dict, ...]:
+    """Each eval question's bins, hops and prompt tokens (chat-formatted, as generation feeds it);
+    computed once per process (every seed's base keeps the shipped tokenizer)."""
+    from experiments.adaptation.ladder import prompt_lengths
+
+    rows = pq.read_table(eval_path, columns=["length_bin", "depth_bin", "in_range", "hops"]).to_pylist()
+    lengths = prompt_lengths(str(eval_path), str(tokenizer_dir))
+    return tuple({**row, "prompt_tokens": n} for row, n in zip(rows, lengths))
+
+
+def evaluate(
+    study: StudyConfig, seed: int, base: Path, settings: list[SWAAConfig], out: Path, arm: Arm | None, extra: dict
+) -> list[dict]:
+    """Evaluate `settings` (with `arm`'s adapter if given) and return the tagged rows."""
+    from swaa_train.evaluate import run_evaluation
+
+    if not settings:
+        return []
+    eval_path = study.data_dir / "eval_bins.parquet"
+    adapter = study.seed_dir(seed) / "adapters" / arm.name if arm else None
+    evals = [EvalSetting(setting_name(s), s, adapter=arm is not None) for s in settings]
+    summary = run_evaluation(
+        str(base),
+        str(eval_path),
+        str(out),
+        adapter=str(adapter) if adapter else None,
+        settings=evals,
+        max_new_tokens=study.max_new_tokens,
+        batch_size=study.batch_size,
+        dtype=study.dtype,
+        device=study.device,
+    )
+    measured = {r["setting"]: r["kv_cache_saved"] for r in summary}
+    questions = question_info(eval_path.resolve(), base.resolve())
+    num_layers = json.loads((base / "config.json").read_text())["num_hidden_layers"]
+    by_label = {(s.name + (" + adapter" if s.adapter else "")): s for s in evals}
+    rows = []
+    for line in (out / "samples.jsonl").read_text().splitlines():
+        sample = json.loads(line)
+        setting = by_label[sample["setting"]]
+        rows.append(
+            {
+                "seed": seed,
+                "lora": arm.name if arm else NO_LORA,
+                "lora_setting": setting_name(arm.swaa) if arm else None,
+                "setting": setting.name,
+                "swaa": setting.swaa.to_dict(),
+                "num_layers": num_layers,
+                "group": arm.group if arm else ("ladder" if setting.swaa in study.ladder(num_layers) else "kv"),
+                "factor": arm.factor if arm else "",
+                "level": arm.level if arm else "",
+                **extra,
+                "index": sample["index"],
+                **questions[sample["index"]],
+                "correct": bool(sample["correct"]),
+                "response": sample["response"],
+                "kv_saved_measured": measured[sample["setting"]],
+            }
+        )
+    return rows
+
+
+def train_arm(study: StudyConfig, seed: int, arm: Arm, base: Path) -> dict:
+    from experiments.adaptation.ladder import train_adapter
+
+    data = ensure_data(study, ["train_mix" if arm.data == "mix" else "train"])
+    swaa = arm.swaa.to_dict()
+    overrides = [
+        f"model.name_or_path={base}",
+        f"data.path={next(iter(data.values()))}",
+        f"training.output_dir={study.seed_dir(seed) / 'adapters' / arm.name}",
+        f"training.seed={seed}",
+        f"training.max_steps={arm.steps or study.lora_steps}",
+        *(f"swaa.{k}={json.dumps(v)}" for k, v in swaa.items()),
+        *([f"training.learning_rate={arm.learning_rate}"] if arm.learning_rate else []),
+        *study.lora_overrides,
+    ]
+    trainer = train_adapter(study.recipe, overrides, study.lora_time_cap_s, study.num_proc)
+    done = {"lora_steps": trainer.state.global_step, "lora_learning_rate": trainer.args.learning_rate}
+    del trainer  # the evaluations that follow load the base again: free the training copy first
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return done
+
+
+def run_task(study: StudyConfig, seed: int, task: str) -> Path:
+    """Run one task of one seed and write its rows (an empty file for pretrain); returns the file."""
+    start = time.monotonic()
+    extra: dict = {}
+    rows: list[dict] = []
+    work = study.seed_dir(seed) / "evals" / task.replace(":", "-")
+    if task == "pretrain":
+        extra = run_pretrain(study, seed)
+    else:
+        ensure_data(study, ["eval_bins"])
+        base = ensure_base(study, seed)
+        num_layers = json.loads((base / "config.json").read_text())["num_hidden_layers"]
+        if task == "base_ladder":
+            rows = evaluate(study, seed, base, study.ladder(num_layers), work, None, {"lora_steps": 0})
+        elif task == "base_kv":
+            rows = evaluate(study, seed, base, study.kv_settings(num_layers), work, None, {"lora_steps": 0})
+        elif task.startswith("arm:"):
+            arm = next((a for a in study.arms if a.name == task.removeprefix("arm:")), None)
+            if arm is None:
+                raise ValueError(f"task {task!r}: no arm {task.removeprefix('arm:')!r} in the study")
+            extra = train_arm(study, seed, arm, base)
+            rows = evaluate(study, seed, base, study.arm_settings(arm, num_layers), work, arm, extra)
+        else:
+            raise ValueError(f"unknown task {task!r}; tasks: {study.tasks()}")
+    path = study.rows_path(seed, task)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".partial")
+    partial.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    partial.replace(path)  # the file exists only once the task is complete
+    timing = {"seed": seed, "task": task, "seconds": round(time.monotonic() - start, 1), **extra}
+    with open(study.seed_dir(seed) / "timings.jsonl", "a") as log:
+        log.write(json.dumps(timing) + "\n")
+    logger.info("Task %s of seed %d done: %s", task, seed, json.dumps(timing))
+    return path
+
+
+def run_job(study: StudyConfig, job: Job) -> list[Path]:
+    """The job's tasks that have no rows file yet, in order."""
+    done = []
+    for task in job.tasks:
+        path = study.rows_path(job.seed, task)
+        if path.is_file():
+            logger.info("Task %s of seed %d already done (%s)", task, job.seed, path)
+        else:
+            path = run_task(study, job.seed, task)
+        done.append(path)
+    return done
+
+
+def read_rows(paths: list[str | Path]) -> list[dict]:
+    """All rows of the row files under `paths` (files or directories, searched recursively)."""
+    files = []
+    for path in map(Path, paths):
+        files += sorted(path.rglob("rows-*.jsonl")) if path.is_dir() else [path]
+    return [json.loads(line) for file in files for line in file.read_text().splitlines() if line.strip()]
+
+
+def collect_job(study: StudyConfig, job: Job, to: str | Path) -> list[Path]:
+    """Copy what a job made and later steps need into `to`, laid out as under out_dir (seed{N}/rows,
+    seed{N}/chunks, seed{N}/timings.jsonl, seed{N}/pretrain_log.jsonl): copying `to` over another
+    machine's out_dir lets its jobs and the report carry on."""
+    import shutil
+
+    seed_dir, target = study.seed_dir(job.seed), Path(to) / f"seed{job.seed}"
+    wanted = [study.rows_path(job.seed, task) for task in job.tasks]
+    wanted += [seed_dir / "timings.jsonl"]
+    if "pretrain" in job.tasks:
+        wanted += sorted((seed_dir / "chunks").glob("*")) + [seed_dir / "base" / "pretrain_log.jsonl"]
+    copied = []
+    for path in (p for p in wanted if p.is_file()):
+        relative = path.relative_to(seed_dir)
+        dest = target / (relative.name if relative.parts[0] == "base" else relative)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        copied.append(Path(shutil.copy2(path, dest)))
+    return copied
