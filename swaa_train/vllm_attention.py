@@ -20,12 +20,17 @@ import torch
 from vllm.config import get_current_vllm_config
 from vllm.logger import init_logger
 from vllm.model_executor.models.utils import extract_layer_index
-from vllm.v1.attention.backend import AttentionType
+from vllm.v1.attention.backend import AttentionCGSupport, AttentionType
 from vllm.v1.attention.backends.cpu_attn import (
     CPUAttentionBackend,
     CPUAttentionBackendImpl,
     CPUAttentionMetadata,
     CPUAttentionMetadataBuilder,
+)
+from vllm.v1.attention.backends.triton_attn import (
+    TritonAttentionBackend,
+    TritonAttentionImpl,
+    TritonAttentionMetadataBuilder,
 )
 
 from .swaa_config import SWAAConfig
@@ -62,10 +67,33 @@ def refuse_unsupported(impl) -> None:
         raise NotImplementedError(f"SWAA attention: only decoder self-attention, got {impl.attn_type}")
     if impl.alibi_slopes is not None or impl.sinks is not None or impl.logits_soft_cap:
         raise NotImplementedError("SWAA attention: ALiBi, learned sinks and logit soft-capping are not supported")
-    if impl.sliding_window not in (None, -1):
+    if impl.sliding_window not in (None, -1, (-1, -1)):
         raise NotImplementedError("SWAA attention: the model has its own sliding window; swaa_config.json sets it")
-    if impl.is_fp8_kv_cache:
-        raise NotImplementedError("SWAA attention: fp8 KV cache is not supported")
+    if impl.kv_cache_dtype not in ("auto", "float32", "float16", "bfloat16"):
+        raise NotImplementedError(f"SWAA attention: KV cache dtype {impl.kv_cache_dtype} is not supported")
+
+
+def swaa_forward(impl, layer, query, kv_cache, attn_metadata, output, output_scale, output_block_scale):
+    """The SWAA path of an impl's forward (impl.swaa set): one step over the paged cache."""
+    if output_scale is not None or output_block_scale is not None:
+        raise NotImplementedError("SWAA attention: fused output quantization is not supported")
+    if attn_metadata is None:  # warm-up
+        return output
+    if impl.layer_idx is None:
+        impl.layer_idx = extract_layer_index(layer.layer_name)
+    window = impl.swaa.layer_window(impl.layer_idx)
+    fa_decode = window is not None and impl.swaa.layer_fa_decode(impl.layer_idx)
+    tokens = attn_metadata.num_actual_tokens
+    output[:tokens] = paged_swaa_attention(
+        query[:tokens],
+        kv_cache,
+        attn_metadata,
+        window=window,
+        keep_first=impl.swaa.keep_first,
+        full_from=attn_metadata.full_from if fa_decode else None,
+        scale=impl.scale,
+    ).reshape(output[:tokens].shape)
+    return output
 
 
 class SWAACPUAttentionImpl(CPUAttentionBackendImpl):
@@ -101,25 +129,7 @@ class SWAACPUAttentionImpl(CPUAttentionBackendImpl):
             return super().forward(
                 layer, query, key, value, kv_cache, attn_metadata, output, output_scale, output_block_scale
             )
-        if output_scale is not None or output_block_scale is not None:
-            raise NotImplementedError("SWAA attention: fused output quantization is not supported")
-        if attn_metadata is None:  # warm-up
-            return output
-        if self.layer_idx is None:
-            self.layer_idx = extract_layer_index(layer.layer_name)
-        window = self.swaa.layer_window(self.layer_idx)
-        fa_decode = window is not None and self.swaa.layer_fa_decode(self.layer_idx)
-        tokens = attn_metadata.num_actual_tokens
-        output[:tokens] = paged_swaa_attention(
-            query[:tokens],
-            kv_cache,
-            attn_metadata,
-            window=window,
-            keep_first=self.swaa.keep_first,
-            full_from=attn_metadata.full_from if fa_decode else None,
-            scale=self.scale,
-        ).reshape(output[:tokens].shape)
-        return output
+        return swaa_forward(self, layer, query, kv_cache, attn_metadata, output, output_scale, output_block_scale)
 
 
 class SWAACPUAttentionBackend(CPUAttentionBackend):
@@ -132,3 +142,72 @@ class SWAACPUAttentionBackend(CPUAttentionBackend):
     @staticmethod
     def get_builder_cls() -> type[SWAACPUAttentionMetadataBuilder]:
         return SWAACPUAttentionMetadataBuilder
+
+
+# ------------------------------------------------------------------------------------------
+# CUDA (experimental): a CUSTOM backend on vLLM's Triton backend and this package's kernel
+# ------------------------------------------------------------------------------------------
+# vLLM's Triton backend keeps the cache in the layout write_paged / read_paged use (a token's
+# key, then its value, along the last dim of (blocks, kv heads, block size, 2 * head dim)), so
+# its own cache writes stay. Selected with `--attention-backend CUSTOM`. Not yet run inside vLLM
+# on a GPU: it says so when it loads. Its gather syncs with the host, so its builder declares
+# no CUDA-graph support.
+class SWAACudaAttentionMetadataBuilder(TritonAttentionMetadataBuilder):
+    _cudagraph_support = AttentionCGSupport.NEVER
+
+    def __init__(self, kv_cache_spec, layer_names, vllm_config, device) -> None:
+        super().__init__(kv_cache_spec, layer_names, vllm_config, device)
+        self.swaa = swaa_of_model_config(vllm_config.model_config)
+
+    def build(self, common_prefix_len, common_attn_metadata, fast_build: bool = False):
+        metadata = super().build(common_prefix_len, common_attn_metadata, fast_build)
+        metadata.full_from = full_from_of_step(common_attn_metadata) if self.swaa is not None else None
+        return metadata
+
+
+class SWAACudaAttentionImpl(TritonAttentionImpl):
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.swaa: SWAAConfig | None = swaa_of_model_config(get_current_vllm_config().model_config)
+        self.layer_idx: int | None = None
+        if self.swaa is not None:
+            refuse_unsupported(self)
+            logger.warning_once(
+                "SWAA attention backend (CUDA, experimental: not yet measured inside vLLM; "
+                "gathers the paged KV cache, then runs the swaa_attn Triton kernel): %s",
+                self.swaa.describe(),
+            )
+
+    def forward(
+        self,
+        layer,
+        query,
+        key,
+        value,
+        kv_cache,
+        attn_metadata,
+        output,
+        output_scale=None,
+        output_block_scale=None,
+    ):
+        if self.swaa is None:
+            return super().forward(
+                layer, query, key, value, kv_cache, attn_metadata, output, output_scale, output_block_scale
+            )
+        return swaa_forward(self, layer, query, kv_cache, attn_metadata, output, output_scale, output_block_scale)
+
+
+class SWAACudaAttentionBackend(TritonAttentionBackend):
+    """vLLM's Triton backend as `CUSTOM`, with the SWAA mask when the served folder has SWAA settings."""
+
+    @staticmethod
+    def get_name() -> str:
+        return "CUSTOM"
+
+    @staticmethod
+    def get_impl_cls() -> type[SWAACudaAttentionImpl]:
+        return SWAACudaAttentionImpl
+
+    @staticmethod
+    def get_builder_cls() -> type[SWAACudaAttentionMetadataBuilder]:
+        return SWAACudaAttentionMetadataBuilder

