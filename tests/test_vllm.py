@@ -24,6 +24,7 @@ from test_export import make_adapter_dir
 from transformers import AutoModelForCausalLM
 
 from swaa_attn import swaa_attn_varlen_ref
+from swaa_train import cli
 from swaa_train.attention import FULL_FROM_KEY
 from swaa_train.export import merge_adapter
 from swaa_train.inference import generate_ids, load_swaa_model
@@ -91,6 +92,44 @@ def test_full_from_comes_from_the_request_state_not_the_query_length():
         is_prefilling=torch.tensor([True, True, False, False]),
     )
     assert full_from_of_step(step).tolist() == [300, 257, 40, 58]
+
+
+# ------------------------------------------------------------------------------------------
+# swaa-train serve
+# ------------------------------------------------------------------------------------------
+def _exec_capture(monkeypatch) -> list:
+    calls = []
+    monkeypatch.setattr(cli, "vllm_serve_command", lambda folder: ["/opt/bin/vllm", "serve", folder])
+    monkeypatch.setattr(os, "execv", lambda path, argv: calls.append((path, argv)))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    return calls
+
+
+def test_serve_runs_vllm_serve_on_the_folder_with_the_remaining_arguments(tmp_path, monkeypatch):
+    folder = tmp_path / "merged"
+    SWAA.save(folder)
+    (folder / "config.json").write_text("{}")
+    calls = _exec_capture(monkeypatch)
+    cli.main(["serve", str(folder), "--port", "8001", "--max-model-len", "4096"])
+    assert calls == [
+        ("/opt/bin/vllm", ["/opt/bin/vllm", "serve", str(folder), "--port", "8001", "--max-model-len", "4096"])
+    ]
+
+
+def test_serve_refuses_what_vllm_would_serve_wrongly(tmp_path, monkeypatch, capsys):
+    calls = _exec_capture(monkeypatch)
+    with pytest.raises(SystemExit):  # not a model folder
+        cli.main(["serve", str(tmp_path)])
+    assert "config.json" in capsys.readouterr().err
+    folder = tmp_path / "merged"
+    SWAA.save(folder)
+    (folder / "config.json").write_text("{}")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    with pytest.raises(SystemExit):  # on a GPU the experimental backend must be asked for
+        cli.main(["serve", str(folder)])
+    assert "--attention-backend CUSTOM" in capsys.readouterr().err
+    cli.main(["serve", str(folder), "--attention-backend", "CUSTOM"])
+    assert calls == [("/opt/bin/vllm", ["/opt/bin/vllm", "serve", str(folder), "--attention-backend", "CUSTOM"])]
 
 
 # ------------------------------------------------------------------------------------------
