@@ -83,7 +83,8 @@ def swaa_forward(impl, layer, query, kv_cache, attn_metadata, output, output_sca
         impl.layer_idx = extract_layer_index(layer.layer_name)
     window = impl.swaa.layer_window(impl.layer_idx)
     fa_decode = window is not None and impl.swaa.layer_fa_decode(impl.layer_idx)
-    tokens = attn_metadata.num_actual_tokens
+    # The step's real tokens (num_actual_tokens may count padding for a compiled graph's size).
+    tokens = int(attn_metadata.query_start_loc[-1])
     output[:tokens] = paged_swaa_attention(
         query[:tokens],
         kv_cache,
