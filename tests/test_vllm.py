@@ -29,7 +29,13 @@ from swaa_train.attention import FULL_FROM_KEY
 from swaa_train.export import merge_adapter
 from swaa_train.inference import generate_ids, load_swaa_model
 from swaa_train.swaa_config import SWAA_CONFIG_NAME, SWAAConfig
-from swaa_train.vllm_plugin import full_from_of_step, paged_swaa_attention, read_paged, write_paged
+from swaa_train.vllm_plugin import (
+    full_from_of_step,
+    paged_swaa_attention,
+    read_paged,
+    swaa_of_model_config,
+    write_paged,
+)
 
 VLLM_PYTHON = os.environ.get("SWAA_VLLM_PYTHON")
 HELPER = Path(__file__).resolve().parent / "vllm_logprobs.py"
@@ -92,6 +98,28 @@ def test_full_from_comes_from_the_request_state_not_the_query_length():
         is_prefilling=torch.tensor([True, True, False, False]),
     )
     assert full_from_of_step(step).tolist() == [300, 257, 40, 58]
+
+
+def _model_config(folder: Path, entry: dict | None = None, num_layers: int = 4):
+    """What the plugin reads of vLLM's ModelConfig."""
+    text_config = SimpleNamespace(num_hidden_layers=num_layers)
+    if entry is not None:
+        text_config.swaa_config = entry
+    return SimpleNamespace(model=str(folder), hf_text_config=text_config)
+
+
+def test_served_settings_come_from_the_folder(tmp_path):
+    with_file, with_entry, plain, full = (tmp_path / n for n in ("file", "entry", "plain", "full"))
+    SWAA.save(with_file)
+    for folder in (with_entry, plain):
+        folder.mkdir()
+    SWAAConfig().save(full)  # a config of full attention: nothing for the plugin to do
+    assert swaa_of_model_config(_model_config(with_file)) == SWAA
+    assert swaa_of_model_config(_model_config(with_entry, entry=SWAA.to_dict())) == SWAA
+    assert swaa_of_model_config(_model_config(plain)) is None
+    assert swaa_of_model_config(_model_config(full)) is None
+    with pytest.raises(ValueError, match="non_sliding_layers"):
+        swaa_of_model_config(_model_config(with_file, num_layers=1))
 
 
 # ------------------------------------------------------------------------------------------
