@@ -97,22 +97,8 @@ def swaa_forward(impl, layer, query, kv_cache, attn_metadata, output, output_sca
     return output
 
 
-class SWAACPUAttentionImpl(CPUAttentionBackendImpl):
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.swaa: SWAAConfig | None = swaa_of_model_config(get_current_vllm_config().model_config)
-        self.layer_idx: int | None = None  # read from the layer's name on the first forward
-        if self.swaa is not None:
-            refuse_unsupported(self)
-            logger.info_once(
-                "SWAA attention backend (CPU; reference attention over the paged KV cache): %s",
-                self.swaa.describe(),
-            )
-
-    def do_kv_cache_update(self, layer, key, value, kv_cache, slot_mapping) -> None:
-        if self.swaa is None:
-            return super().do_kv_cache_update(layer, key, value, kv_cache, slot_mapping)
-        write_paged(kv_cache, key, value, slot_mapping)
+class SWAAForwardMixin:
+    """The forward of both SWAA impls: vLLM's own for folders without SWAA settings."""
 
     def forward(
         self,
@@ -131,6 +117,24 @@ class SWAACPUAttentionImpl(CPUAttentionBackendImpl):
                 layer, query, key, value, kv_cache, attn_metadata, output, output_scale, output_block_scale
             )
         return swaa_forward(self, layer, query, kv_cache, attn_metadata, output, output_scale, output_block_scale)
+
+
+class SWAACPUAttentionImpl(SWAAForwardMixin, CPUAttentionBackendImpl):
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.swaa: SWAAConfig | None = swaa_of_model_config(get_current_vllm_config().model_config)
+        self.layer_idx: int | None = None  # read from the layer's name on the first forward
+        if self.swaa is not None:
+            refuse_unsupported(self)
+            logger.info_once(
+                "SWAA attention backend (CPU; reference attention over the paged KV cache): %s",
+                self.swaa.describe(),
+            )
+
+    def do_kv_cache_update(self, layer, key, value, kv_cache, slot_mapping) -> None:
+        if self.swaa is None:
+            return super().do_kv_cache_update(layer, key, value, kv_cache, slot_mapping)
+        write_paged(kv_cache, key, value, slot_mapping)
 
 
 class SWAACPUAttentionBackend(CPUAttentionBackend):
@@ -166,7 +170,7 @@ class SWAACudaAttentionMetadataBuilder(TritonAttentionMetadataBuilder):
         return metadata
 
 
-class SWAACudaAttentionImpl(TritonAttentionImpl):
+class SWAACudaAttentionImpl(SWAAForwardMixin, TritonAttentionImpl):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.swaa: SWAAConfig | None = swaa_of_model_config(get_current_vllm_config().model_config)
@@ -178,24 +182,6 @@ class SWAACudaAttentionImpl(TritonAttentionImpl):
                 "gathers the paged KV cache, then runs the swaa_attn Triton kernel): %s",
                 self.swaa.describe(),
             )
-
-    def forward(
-        self,
-        layer,
-        query,
-        key,
-        value,
-        kv_cache,
-        attn_metadata,
-        output,
-        output_scale=None,
-        output_block_scale=None,
-    ):
-        if self.swaa is None:
-            return super().forward(
-                layer, query, key, value, kv_cache, attn_metadata, output, output_scale, output_block_scale
-            )
-        return swaa_forward(self, layer, query, kv_cache, attn_metadata, output, output_scale, output_block_scale)
 
 
 class SWAACudaAttentionBackend(TritonAttentionBackend):
