@@ -254,9 +254,7 @@ SECRET_NAME = re.compile(r"(?:^|_)(?:token|key|secret|password|passwd|credential
 NOT_SECRET = {f"{name}_token" for name in ("pad", "eos", "bos", "unk", "sep", "cls", "mask")}
 MASK = "<hidden>"
 # `name: value` / `name=value` / `"name": "value"` in text (a model card's YAML, a log line).
-_SECRET_IN_TEXT = re.compile(
-    r"""(?P<key>["']?(?P<name>[A-Za-z0-9_]+)["']?\s*[:=]\s*)(?P<value>["']?[^\s"',}]+["']?)"""
-)
+_SECRET_IN_TEXT = re.compile(r"""(?P<key>["']?(?P<name>[A-Za-z0-9_]+)["']?\s*[:=]\s*)(?P<value>["']?[^\s"',}]+["']?)""")
 
 
 def is_secret_name(name: str) -> bool:
@@ -307,6 +305,8 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
 # ------------------------------------------------------------------------------------------
 # Field checks that need more than one field, or a field's declared type
 # ------------------------------------------------------------------------------------------
+# Values a field takes beyond its declared type: `resume_from_checkpoint: true` (the newest checkpoint).
+ALSO_ACCEPTED = {("training", "resume_from_checkpoint"): bool}
 _TYPE_WORDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string", type(None): "null"}
 
 
@@ -334,7 +334,7 @@ def check_field_types(cls, values: dict, section: str) -> None:
     hints = typing.get_type_hints(cls)
     for name, value in values.items():
         kind = hints.get(name)
-        if kind is None:
+        if kind is None or isinstance(value, ALSO_ACCEPTED.get((section, name), ())):
             continue
         members = typing.get_args(kind) if typing.get_origin(kind) in (typing.Union, types.UnionType) else (kind,)
         verdicts = [_accepts(member, value) for member in members]

@@ -2,17 +2,28 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import os
+import shutil
+from pathlib import Path
+
 from accelerate import PartialState
 from datasets import Dataset
 from transformers import set_seed
 from transformers.integrations import is_deepspeed_zero3_enabled
+from transformers.trainer import TRAINER_STATE_NAME
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from transformers.utils import logging
 
 from .data import build_sft_dataset, load_rows
 from .memory import configure_training
-from .model import load_model, load_tokenizer
+from .model import load_config, load_model, load_tokenizer, position_limit
 from .recipe import DataArgs, Recipe, load_recipe
+from .swaa_config import RANDOM_BASE_DIR
 from .trainer import SWAATrainer, lora_config
+
+RANDOM_INIT_RECORD = "random_init.json"  # in base-model/: the seed and config it was generated from
 
 logger = logging.get_logger(__name__)
 
@@ -32,41 +43,121 @@ def load_training_rows(args: DataArgs) -> Dataset:
     return load_rows(args.path, split=args.split)
 
 
-def save_random_base(model, tokenizer, output_dir: str) -> str:
+def save_random_base(model, tokenizer, output_dir: str, seed: int | None = None, source: str | None = None) -> str:
     """A random-init base exists nowhere else: keep it beside the adapter so the run can be reloaded."""
-    path = f"{output_dir}/base-model"
+    path = f"{output_dir}/{RANDOM_BASE_DIR}"
     if is_deepspeed_zero3_enabled():  # its weights are already sharded: saving would write empty tensors
         logger.warning("ZeRO-3: the random-init base is not saved beside the adapter")
         return path
     if PartialState().is_main_process:
         model.save_pretrained(path)
         tokenizer.save_pretrained(path)
+        record = {"seed": seed, "config": source}
+        Path(path, RANDOM_INIT_RECORD).write_text(json.dumps(record, indent=2) + "\n")
     return path
 
 
-def build_trainer(recipe: Recipe, raw: dict | None = None) -> SWAATrainer:
-    set_seed(recipe.training.seed)
-    training = configure_training(recipe.memory, recipe.training)
-    tokenizer = load_tokenizer(recipe.model)
-    model = load_model(recipe.model, recipe.swaa)
-    logger.info("SWAA attention: %s", recipe.swaa.describe())
-    base_model = recipe.model.name_or_path
-    if recipe.model.from_config:
-        base_model = save_random_base(model, tokenizer, training.output_dir)
-    data = recipe.data
-    with PartialState().main_process_first():
-        dataset = build_sft_dataset(
-            load_training_rows(data),
-            tokenizer,
-            format=data.format,
-            min_length=data.min_length,
-            max_length=data.max_length,
-            judge_filter=data.judge_filter,
-            system_prompt=data.system_prompt,
-            max_samples=data.max_samples,
-            num_proc=data.num_proc,
+def saved_random_base(recipe: Recipe, output_dir: str) -> str | None:
+    """The random-init base an earlier run (or the run being resumed) saved in output_dir, if any.
+
+    It is reused, never regenerated: its checkpoints were trained on it. A different
+    training.seed would generate another base, so it is refused."""
+    path = Path(output_dir, RANDOM_BASE_DIR)
+    if not (path / "config.json").is_file():
+        return None
+    record_file = path / RANDOM_INIT_RECORD
+    record = json.loads(record_file.read_text()) if record_file.is_file() else {}
+    seed = record.get("seed")
+    if seed is not None and seed != recipe.training.seed:
+        raise ValueError(
+            f"training.seed={recipe.training.seed}, but {path} was generated with seed {seed} and the run's "
+            f"checkpoints were trained on it; use training.seed={seed}, or a new training.output_dir"
         )
+    logger.info("Random-init base: reusing %s (not regenerated)", path)
+    return str(path)
+
+
+def take_hub_token(training):
+    """training.hub_token goes to huggingface_hub through HF_TOKEN in this process, and out of the
+    training arguments, which the Trainer pickles into training_args.bin of every checkpoint."""
+    if not training.hub_token:
+        return training
+    os.environ["HF_TOKEN"] = training.hub_token
+    logger.info("training.hub_token: handed to huggingface_hub as HF_TOKEN (never written)")
+    return dataclasses.replace(training, hub_token=None)
+
+
+def sample_length_limit(recipe: Recipe, config) -> tuple[int | None, str]:
+    """The most tokens a sample may have, and the setting that says so.
+
+    data.max_length <= training.max_length is checked with the recipe; without data.max_length
+    a longer sample is dropped (and counted) rather than cut to training.max_length tokens,
+    which would cut off its answer. Samples past the model's positions are dropped too."""
+    limits = [
+        (recipe.data.max_length, "data.max_length"),
+        (recipe.training.max_length, "training.max_length"),
+        (position_limit(config), "the model's max_position_embeddings"),
+    ]
+    limits = [(value, name) for value, name in limits if value is not None]
+    return min(limits, key=lambda item: item[0]) if limits else (None, "max_length")
+
+
+def check_lora_targets(model, recipe: Recipe) -> None:
+    """PEFT refuses target modules the model does not have, but only once the trainer is built."""
+    names = [name for name, _ in model.named_modules()]
+    targets = list(recipe.lora.target_modules)
+    if not any(name == t or name.endswith(f".{t}") for name in names for t in targets):
+        linear = sorted({name.rsplit(".", 1)[-1] for name, m in model.named_modules() if hasattr(m, "weight")})
+        raise ValueError(
+            f"lora.target_modules={targets}: no module of {recipe.model.name_or_path} has these names; "
+            f"its modules with weights are named {linear}"
+        )
+
+
+def build_dataset(recipe: Recipe, tokenizer, config) -> Dataset:
+    data = recipe.data
+    max_length, max_length_name = sample_length_limit(recipe, config)
+    with PartialState().main_process_first():
+        try:
+            return build_sft_dataset(
+                load_training_rows(data),
+                tokenizer,
+                format=data.format,
+                min_length=data.min_length,
+                max_length=max_length,
+                judge_filter=data.judge_filter,
+                system_prompt=data.system_prompt,
+                max_samples=data.max_samples,
+                num_proc=data.num_proc,
+                max_length_name=max_length_name,
+            )
+        except ValueError as err:
+            raise ValueError(f"data.path={data.path}: {err}") from None
+
+
+def build_trainer(recipe: Recipe, raw: dict | None = None) -> SWAATrainer:
+    # Everything that can be refused is checked before anything is written to output_dir.
+    training = take_hub_token(configure_training(recipe.memory, recipe.training))
+    tokenizer = load_tokenizer(recipe.model)
+    config = load_config(recipe.model)
+    random_base = saved_random_base(recipe, training.output_dir) if recipe.model.from_config else None
+    dataset = build_dataset(recipe, tokenizer, config)
     logger.info("Training on %d samples", len(dataset))
+    base_model = recipe.model.name_or_path
+    set_seed(recipe.training.seed)
+    if random_base is not None:
+        model_args = dataclasses.replace(recipe.model, name_or_path=random_base, from_config=False)
+        model = load_model(model_args, recipe.swaa)
+    else:
+        model = load_model(recipe.model, recipe.swaa, config=config)
+    logger.info("SWAA attention: %s", recipe.swaa.describe())
+    check_lora_targets(model, recipe)
+    if random_base is not None:
+        base_model = random_base
+    elif recipe.model.from_config:
+        base_model = save_random_base(
+            model, tokenizer, training.output_dir, seed=recipe.training.seed, source=recipe.model.name_or_path
+        )
     trainer = SWAATrainer(
         model=model,
         args=training,
@@ -77,8 +168,47 @@ def build_trainer(recipe: Recipe, raw: dict | None = None) -> SWAATrainer:
         base_model=base_model,
         recipe_name=recipe.name,
         recipe_raw=raw,
+        write_model_card=recipe.export.model_card,
     )
     return trainer
+
+
+def is_complete_checkpoint(path: Path) -> bool:
+    """The Trainer writes trainer_state.json last: a checkpoint without it (or with half of it) was interrupted."""
+    try:
+        json.loads((path / TRAINER_STATE_NAME).read_text())
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def resolve_resume(resume: str | bool | None, output_dir: str) -> str | None:
+    """The checkpoint to resume from: `true` means the newest complete checkpoint-N of output_dir;
+    incomplete ones (a run killed while writing them) are skipped with a warning."""
+    if not resume:
+        return None
+    if isinstance(resume, str):
+        if not Path(resume).is_dir():
+            raise ValueError(f"training.resume_from_checkpoint: no checkpoint folder {resume}")
+        if not is_complete_checkpoint(Path(resume)):
+            raise ValueError(
+                f"training.resume_from_checkpoint: {resume} is incomplete (no readable {TRAINER_STATE_NAME}; "
+                "the run was stopped while writing it)"
+            )
+        return resume
+    found = [
+        p
+        for p in Path(output_dir).glob(f"{PREFIX_CHECKPOINT_DIR}-*")
+        if p.is_dir() and p.name.removeprefix(f"{PREFIX_CHECKPOINT_DIR}-").isdigit()
+    ]
+    for path in sorted(found, key=lambda p: int(p.name.removeprefix(f"{PREFIX_CHECKPOINT_DIR}-")), reverse=True):
+        if is_complete_checkpoint(path):
+            return str(path)
+        # Left in place it would count against save_total_limit and push out a good checkpoint.
+        logger.warning("Skipping and removing %s: incomplete (the run was stopped while writing it)", path)
+        if PartialState().is_main_process:
+            shutil.rmtree(path, ignore_errors=True)
+    raise ValueError(f"training.resume_from_checkpoint=true: no complete checkpoint in {output_dir}")
 
 
 def run_training(recipe_name: str, overrides: list[str] | None = None) -> SWAATrainer:
@@ -88,8 +218,9 @@ def run_training(recipe_name: str, overrides: list[str] | None = None) -> SWAATr
 
 def run_recipe(recipe: Recipe, raw: dict | None = None) -> SWAATrainer:
     """Train, save adapter + swaa_config.json + card, and merge if the recipe asks to."""
+    resume = resolve_resume(recipe.training.resume_from_checkpoint, recipe.training.output_dir)
     trainer = build_trainer(recipe, raw)
-    trainer.train(resume_from_checkpoint=recipe.training.resume_from_checkpoint)
+    trainer.train(resume_from_checkpoint=resume)
     trainer.save_model(recipe.training.output_dir)
     logger.info("Adapter, swaa_config.json and model card written to %s", recipe.training.output_dir)
     if recipe.export.merge:

@@ -27,7 +27,7 @@ from peft import LoraConfig
 from trl import SFTTrainer
 
 from .attention import ATTN_IMPLEMENTATION, FULL_FROM_KEY, full_from_of_labels
-from .recipe import LoraArgs
+from .recipe import LoraArgs, mask_secrets
 from .swaa_config import SWAAConfig
 
 # Batch entries with one value per document (or document boundary), not one per token.
@@ -84,7 +84,8 @@ def per_document_tensors(inputs: dict, device) -> dict:
 
 
 def model_card(swaa: SWAAConfig, base_model: str, recipe_name: str, recipe_raw: dict | None) -> str:
-    recipe_yaml = yaml.safe_dump(recipe_raw, sort_keys=False) if recipe_raw else "(not recorded)\n"
+    # Tokens, keys and passwords a recipe carries are used by the run, never written.
+    recipe_yaml = yaml.safe_dump(mask_secrets(recipe_raw), sort_keys=False) if recipe_raw else "(not recorded)\n"
     return f"""---
 base_model: {base_model}
 library_name: peft
@@ -129,6 +130,7 @@ class SWAATrainer(SFTTrainer):
         base_model: str = "unknown",
         recipe_name: str = "custom",
         recipe_raw: dict | None = None,
+        write_model_card: bool = True,
         **kwargs,
     ):
         training_args = kwargs.get("args")
@@ -141,6 +143,7 @@ class SWAATrainer(SFTTrainer):
         self.base_model = base_model
         self.recipe_name = recipe_name
         self.recipe_raw = recipe_raw
+        self.write_model_card = write_model_card
         sequence_parallel = self._enable_sequence_parallel_attention()
         self.data_collator = FullFromCollator(self.data_collator, per_document_as_lists=sequence_parallel)
 
@@ -155,6 +158,16 @@ class SWAATrainer(SFTTrainer):
             return False
         pc.sp_handler.sp_attn_implementation = ATTN_IMPLEMENTATION
         return True
+
+    def _get_num_items_in_batch(self, batch_samples: list, device):
+        """The supervised tokens of an optimizer step (all ranks); a step without any trains nothing."""
+        num_items = super()._get_num_items_in_batch(batch_samples, device)
+        if num_items is not None and float(num_items) == 0:
+            raise ValueError(
+                f"step {self.state.global_step + 1}: the batch holds no supervised (answer) token, so the loss and "
+                "every gradient are 0; check that the samples' answers fit in training.max_length"
+            )
+        return num_items
 
     def _prepare_inputs(self, inputs):
         return per_document_tensors(super()._prepare_inputs(inputs), self.args.device)
@@ -175,5 +188,7 @@ class SWAATrainer(SFTTrainer):
         output_dir.mkdir(parents=True, exist_ok=True)
         if config:
             self.swaa_config.save(output_dir)
+        if not self.write_model_card:  # export.model_card=false
+            return
         card = model_card(self.swaa_config, self.base_model, self.recipe_name, self.recipe_raw)
         (output_dir / "README.md").write_text(card)
