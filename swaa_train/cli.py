@@ -14,8 +14,9 @@ from transformers.utils import logging
 
 logger = logging.get_logger("swaa_train")
 
-# What a bad input raises (a recipe field, a data row, a missing file): reported on one line.
-INPUT_ERRORS = (ValueError, FileNotFoundError)
+# What a bad input raises (a recipe field, a data row, a missing file, no network for a push):
+# reported on one line.
+INPUT_ERRORS = (ValueError, FileNotFoundError, ConnectionError)
 
 
 def fail(prog: str, err: BaseException) -> None:
