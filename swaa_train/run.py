@@ -131,8 +131,8 @@ def build_dataset(recipe: Recipe, tokenizer, config) -> Dataset:
                 num_proc=data.num_proc,
                 max_length_name=max_length_name,
             )
-        except ValueError as err:
-            raise ValueError(f"data.path={data.path}: {err}") from None
+        except ValueError as err:  # name the file, unless the message does
+            raise ValueError(str(err) if str(data.path) in str(err) else f"data.path={data.path}: {err}") from None
 
 
 def build_trainer(recipe: Recipe, raw: dict | None = None) -> SWAATrainer:
@@ -182,11 +182,11 @@ def is_complete_checkpoint(path: Path) -> bool:
     return True
 
 
-def resolve_resume(resume: str | bool | None, output_dir: str) -> str | None:
-    """The checkpoint to resume from: `true` means the newest complete checkpoint-N of output_dir;
-    incomplete ones (a run killed while writing them) are skipped with a warning."""
+def resolve_resume(resume: str | bool | None, output_dir: str) -> tuple[str | None, list[Path]]:
+    """The checkpoint to resume from, and the incomplete checkpoints (of a run killed while writing
+    them) that `true` passes over: `true` means the newest complete checkpoint-N of output_dir."""
     if not resume:
-        return None
+        return None, []
     if isinstance(resume, str):
         if not Path(resume).is_dir():
             raise ValueError(f"training.resume_from_checkpoint: no checkpoint folder {resume}")
@@ -195,20 +195,23 @@ def resolve_resume(resume: str | bool | None, output_dir: str) -> str | None:
                 f"training.resume_from_checkpoint: {resume} is incomplete (no readable {TRAINER_STATE_NAME}; "
                 "the run was stopped while writing it)"
             )
-        return resume
-    found = [
-        p
-        for p in Path(output_dir).glob(f"{PREFIX_CHECKPOINT_DIR}-*")
-        if p.is_dir() and p.name.removeprefix(f"{PREFIX_CHECKPOINT_DIR}-").isdigit()
-    ]
-    for path in sorted(found, key=lambda p: int(p.name.removeprefix(f"{PREFIX_CHECKPOINT_DIR}-")), reverse=True):
+        return resume, []
+    prefix = f"{PREFIX_CHECKPOINT_DIR}-"
+    found = [p for p in Path(output_dir).glob(f"{prefix}*") if p.is_dir() and p.name.removeprefix(prefix).isdigit()]
+    incomplete = []
+    for path in sorted(found, key=lambda p: int(p.name.removeprefix(prefix)), reverse=True):
         if is_complete_checkpoint(path):
-            return str(path)
-        # Left in place it would count against save_total_limit and push out a good checkpoint.
+            return str(path), incomplete
+        incomplete.append(path)
+    raise ValueError(f"training.resume_from_checkpoint=true: no complete checkpoint in {output_dir}")
+
+
+def remove_incomplete(checkpoints: list[Path]) -> None:
+    """Left in place, an incomplete checkpoint counts against save_total_limit and pushes out a good one."""
+    for path in checkpoints:
         logger.warning("Skipping and removing %s: incomplete (the run was stopped while writing it)", path)
         if PartialState().is_main_process:
             shutil.rmtree(path, ignore_errors=True)
-    raise ValueError(f"training.resume_from_checkpoint=true: no complete checkpoint in {output_dir}")
 
 
 def run_training(recipe_name: str, overrides: list[str] | None = None) -> SWAATrainer:
@@ -218,8 +221,9 @@ def run_training(recipe_name: str, overrides: list[str] | None = None) -> SWAATr
 
 def run_recipe(recipe: Recipe, raw: dict | None = None) -> SWAATrainer:
     """Train, save adapter + swaa_config.json + card, and merge if the recipe asks to."""
-    resume = resolve_resume(recipe.training.resume_from_checkpoint, recipe.training.output_dir)
+    resume, incomplete = resolve_resume(recipe.training.resume_from_checkpoint, recipe.training.output_dir)
     trainer = build_trainer(recipe, raw)
+    remove_incomplete(incomplete)
     trainer.train(resume_from_checkpoint=resume)
     trainer.save_model(recipe.training.output_dir)
     logger.info("Adapter, swaa_config.json and model card written to %s", recipe.training.output_dir)
