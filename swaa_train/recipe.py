@@ -254,7 +254,9 @@ SECRET_NAME = re.compile(r"(?:^|_)(?:token|key|secret|password|passwd|credential
 NOT_SECRET = {f"{name}_token" for name in ("pad", "eos", "bos", "unk", "sep", "cls", "mask")}
 MASK = "<hidden>"
 # `name: value` / `name=value` / `"name": "value"` in text (a model card's YAML, a log line).
-_SECRET_IN_TEXT = re.compile(r"""(?P<key>["']?(?P<name>[A-Za-z0-9_]+)["']?\s*[:=]\s*)(?P<value>["']?[^\s"',}]+["']?)""")
+_SECRET_IN_TEXT = re.compile(
+    r"""(?P<key>["']?(?P<name>[A-Za-z0-9_]+)["']?[ \t]*[:=][ \t]*)(?P<value>["']?[^\s"',}]+["']?)"""
+)
 
 
 def is_secret_name(name: str) -> bool:
