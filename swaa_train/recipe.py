@@ -343,7 +343,8 @@ def check_field_types(cls, values: dict, section: str) -> None:
         if None in verdicts or any(verdicts):
             continue
         expected = " or ".join(dict.fromkeys(_TYPE_WORDS.get(m, getattr(m, "__name__", str(m))) for m in members))
-        raise ValueError(f"{section}.{name} must be {expected}, got {value!r}")
+        shown = MASK if is_secret_name(name) else repr(value)  # an error message is printed
+        raise ValueError(f"{section}.{name} must be {expected}, got {shown}")
 
 
 def check_recipe(recipe: Recipe) -> None:

@@ -174,7 +174,11 @@ class SWAATrainer(SFTTrainer):
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False):
         """Save the adapter (final or checkpoint) with its swaa_config.json and SWAA model card."""
+        card = Path(output_dir or self.args.output_dir) / "README.md"
+        had_card = card.exists()
         super().save_model(output_dir, _internal_call=_internal_call)
+        if not self.write_model_card and not had_card and self.args.should_save:
+            card.unlink(missing_ok=True)  # PEFT's save_pretrained writes a card of its own
         self.write_swaa_files(output_dir or self.args.output_dir)
 
     def create_model_card(self, *args, **kwargs):

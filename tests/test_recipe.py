@@ -182,6 +182,7 @@ def test_yaml_12_scalars_keep_words_as_strings():
         ("training", "max_length", "long", "training.max_length must be an integer or null, got 'long'"),
         ("training", "max_steps", 0, "training.max_steps must be a positive number of steps, or -1"),
         ("training", "seed", True, "training.seed must be an integer, got True"),
+        ("training", "hub_token", 12345, "training.hub_token must be a string or null, got <hidden>"),
         ("data", "max_samples", 0, "data.max_samples must be a positive int or null, got 0"),
         ("swaa", "keep_first", 16, "swaa.keep_first=16 must be smaller than swaa.sliding_window_size=16"),
     ],

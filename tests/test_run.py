@@ -118,8 +118,16 @@ def test_resume_reuses_the_random_base_and_skips_an_incomplete_checkpoint(token_
     caplog.set_level(logging.INFO)
     trainer = run_training(
         "demo",
-        [*TINY, f"training.output_dir={out}", "training.max_steps=3", "training.resume_from_checkpoint=true"],
+        [
+            *TINY,
+            f"training.output_dir={out}",
+            "training.max_steps=3",
+            "training.resume_from_checkpoint=true",
+            "export.model_card=false",
+        ],
     )
+    assert not (out / "checkpoint-3" / "README.md").exists()  # export.model_card=false
+    assert (out / "checkpoint-2" / "README.md").is_file()
     assert trainer.state.global_step == 3  # resumed at checkpoint-2, trained step 3
     assert f"Skipping and removing {out / 'checkpoint-3'}: incomplete" in caplog.text
     assert json.loads((out / "checkpoint-3" / "trainer_state.json").read_text())["global_step"] == 3
