@@ -368,12 +368,6 @@ def check_recipe(recipe: Recipe) -> None:
         )
     if data.max_samples is not None and data.max_samples < 1:
         raise ValueError(f"data.max_samples must be a positive int or null, got {data.max_samples!r}")
-    if data.max_length is not None and training.max_length is not None and data.max_length > training.max_length:
-        raise ValueError(
-            f"data.max_length={data.max_length} is larger than training.max_length={training.max_length}: "
-            "longer samples would be cut to training.max_length tokens and lose their answers; "
-            "set data.max_length <= training.max_length"
-        )
 
 
 def check_local_model_path(path: str, field_name: str) -> None:

@@ -90,9 +90,18 @@ def take_hub_token(training):
 def sample_length_limit(recipe: Recipe, config) -> tuple[int | None, str]:
     """The most tokens a sample may have, and the setting that says so.
 
-    data.max_length <= training.max_length is checked with the recipe; without data.max_length
-    a longer sample is dropped (and counted) rather than cut to training.max_length tokens,
-    which would cut off its answer. Samples past the model's positions are dropped too."""
+    A sample longer than training.max_length is dropped (and counted) rather than cut to
+    training.max_length tokens, which would cut off its answer, whatever data.max_length says.
+    Samples past the model's positions are dropped too."""
+    data_max, training_max = recipe.data.max_length, recipe.training.max_length
+    if data_max is not None and training_max is not None and data_max > training_max:
+        logger.warning(
+            "data.max_length=%d is larger than training.max_length=%d: samples longer than %d tokens are dropped "
+            "(cut to training.max_length, they would lose their answers)",
+            data_max,
+            training_max,
+            training_max,
+        )
     limits = [
         (recipe.data.max_length, "data.max_length"),
         (recipe.training.max_length, "training.max_length"),

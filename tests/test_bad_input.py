@@ -81,15 +81,15 @@ def data(name: str, *overrides: str) -> list[str]:
 
 CASES = [
     Case(
-        "`training.max_length=512` with samples up to `data.max_length=1536`",
-        train("training.max_length=512"),
-        "data.max_length=1536 is larger than training.max_length=512",
+        "`training.max_length=256` with samples up to `data.max_length=1536`, every sample longer",
+        train("training.max_length=256"),
+        "no training sample left: SFT data (fusang_long): kept 0 of 8 rows; dropped 8: 0 with judge != 1, "
+        "0 shorter than min_length=0 tokens, 8 longer than training.max_length=256 tokens",
     ),
     Case(
         "`training.max_length=256`, `data.max_length=null`, every sample longer",
         train("training.max_length=256", "data.max_length=null"),
-        "no training sample left: SFT data (fusang_long): kept 0 of 8 rows; dropped 8: 0 with judge != 1, "
-        "0 shorter than min_length=0 tokens, 8 longer than training.max_length=256 tokens",
+        "8 longer than training.max_length=256 tokens",
     ),
     Case(
         "samples longer than the model's positions (`max_position_embeddings: 64`)",

@@ -265,3 +265,32 @@ def test_attention_dropout_is_switched_off_before_anything_is_written(tmp_path, 
     model = load_model(args, SWAAConfig(sliding_window_size=8, keep_first=2), config=config).train()
     ids = torch.randint(0, 97, (1, 32), generator=torch.Generator().manual_seed(0))
     model(input_ids=ids, labels=ids).loss.backward()  # SWAA attention refuses dropout > 0 in training
+
+
+@pytest.mark.parametrize(
+    "data_max, training_max, positions, expected",
+    [
+        (1536, 512, 4096, (512, "training.max_length")),  # the smaller training.max_length wins, with a warning
+        (None, 512, 4096, (512, "training.max_length")),
+        (256, 512, 4096, (256, "data.max_length")),
+        (None, None, 1024, (1024, "the model's max_position_embeddings")),
+        (None, 2048, 1024, (1024, "the model's max_position_embeddings")),
+    ],
+)
+def test_samples_are_limited_by_the_smallest_length_setting(data_max, training_max, positions, expected, caplog):
+    from transformers import Qwen3Config
+
+    from swaa_train.recipe import build_recipe
+    from swaa_train.run import sample_length_limit
+
+    recipe = build_recipe(
+        {
+            "model": {"name_or_path": "some/model"},
+            "data": {"path": "synthetic", "max_length": data_max},
+            "training": {"output_dir": "out", "use_cpu": True, "bf16": False, "max_length": training_max},
+        }
+    )
+    caplog.set_level(logging.WARNING)
+    assert sample_length_limit(recipe, Qwen3Config(max_position_embeddings=positions)) == expected
+    warned = "data.max_length=1536 is larger than training.max_length=512: samples longer than 512 tokens are dropped"
+    assert (warned in caplog.text) == (data_max == 1536)
