@@ -75,7 +75,10 @@ def merge_main(argv: list[str]) -> None:
     args = parser.parse_args(argv)
     from .export import merge_adapter
 
-    merge_adapter(args.adapter_dir, args.out_dir, base_model=args.base, dtype=args.dtype, overwrite=args.overwrite)
+    try:
+        merge_adapter(args.adapter_dir, args.out_dir, base_model=args.base, dtype=args.dtype, overwrite=args.overwrite)
+    except INPUT_ERRORS as err:
+        fail(parser.prog, err)
 
 
 def push_main(argv: list[str]) -> None:
@@ -91,14 +94,17 @@ def push_main(argv: list[str]) -> None:
     args = parser.parse_args(argv)
     from .hub import push_to_hub
 
-    plan = push_to_hub(
-        args.folder,
-        args.repo_id,
-        private=args.private,
-        dry_run=args.dry_run,
-        commit_message=args.commit_message,
-        revision=args.revision,
-    )
+    try:
+        plan = push_to_hub(
+            args.folder,
+            args.repo_id,
+            private=args.private,
+            dry_run=args.dry_run,
+            commit_message=args.commit_message,
+            revision=args.revision,
+        )
+    except INPUT_ERRORS as err:
+        fail(parser.prog, err)
     if args.dry_run:
         print(plan.describe())
 
@@ -186,11 +192,7 @@ def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     setup_logging()
     if argv and argv[0] in COMMANDS:
-        command = argv.pop(0)
-        try:  # a bad input to any command: one line naming it, exit 2, no traceback
-            COMMANDS[command](argv)
-        except INPUT_ERRORS as err:
-            fail(f"swaa-train {command}", err)
+        COMMANDS[argv.pop(0)](argv)
     elif argv and not argv[0].startswith("-"):
         sys.exit(f"swaa-train: unknown command {argv[0]!r}; commands: {', '.join(COMMANDS)}")
     else:
