@@ -232,3 +232,20 @@ def test_readme_table_is_rendered_from_these_cases():
     from scripts.bad_input_table import readme_section, render_table
 
     assert readme_section((ROOT / "README.md").read_text()) == render_table(CASES)
+
+
+def test_a_bad_input_in_a_fresh_process_prints_no_traceback(tmp_path):
+    import subprocess
+    import sys
+
+    case = next(c for c in CASES if c.what == "a non-UTF-8 line in a jsonl")
+    for name, content in case.files.items():
+        (tmp_path / name).write_bytes(content)
+    args = [arg.replace("{tmp}", str(tmp_path)) for arg in case.args]
+    done = subprocess.run(
+        [sys.executable, "-m", "swaa_train.cli", *args], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("swaa-train train: error: ") and case.message.replace("{tmp}", str(tmp_path)) in last
