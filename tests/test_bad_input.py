@@ -128,12 +128,12 @@ CASES = [
     Case(
         "broken YAML in an override",
         train("swaa.non_sliding_layers=[1, 3"),
-        "override swaa.non_sliding_layers=...: the value is not valid YAML",
+        "override swaa.non_sliding_layers=...: the value is not valid YAML: expected ',' or ']'",
     ),
     Case(
         "broken YAML in a recipe",
         ["train", "--recipe", "{tmp}/broken.yaml"],
-        "{tmp}/broken.yaml: not valid YAML: ",
+        "{tmp}/broken.yaml: not valid YAML: expected ',' or ']', but got '<stream end>' (line 3, column 1)",
         files={"broken.yaml": b"model:\n  name_or_path: [x\n"},
     ),
     Case("`export.merge=maybe`", train("export.merge=maybe"), "export.merge must be true or false, got 'maybe'"),
@@ -199,7 +199,7 @@ CASES = [
         ["push", "{tmp}/adapter", "--repo-id", "me/tiny-swaa"],
         "push to me/tiny-swaa failed: ",
         setup=_adapter_without_card,
-        env={"HF_ENDPOINT": "http://127.0.0.1:9", "HF_TOKEN": "hf_notARealToken"},
+        env={"HF_ENDPOINT": "http://127.0.0.1:9", "HF_TOKEN": "hf_notARealToken"},  # a closed port
     ),
 ]
 
@@ -217,6 +217,10 @@ def test_bad_input_gets_one_line_naming_it_and_writes_nothing(case, tmp_path, mo
         case.setup(tmp_path)
     for key, value in case.env.items():
         monkeypatch.setenv(key, value)
+        if key == "HF_ENDPOINT":  # huggingface_hub read it when it was imported
+            import huggingface_hub.constants
+
+            monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", value)
     before = _snapshot(tmp_path)
     with pytest.raises(SystemExit) as exit_info:
         main([arg.replace("{tmp}", str(tmp_path)) for arg in case.args])
