@@ -65,6 +65,9 @@ def saved_random_base(recipe: Recipe, output_dir: str) -> str | None:
     path = Path(output_dir, RANDOM_BASE_DIR)
     if not (path / "config.json").is_file():
         return None
+    if not any(path.glob("*.safetensors")):  # killed while saving it, before any training: make it again
+        logger.warning("%s has no weights (the run that wrote it was stopped): generating it again", path)
+        return None
     record_file = path / RANDOM_INIT_RECORD
     record = json.loads(record_file.read_text()) if record_file.is_file() else {}
     seed = record.get("seed")

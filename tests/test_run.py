@@ -294,3 +294,30 @@ def test_samples_are_limited_by_the_smallest_length_setting(data_max, training_m
     assert sample_length_limit(recipe, Qwen3Config(max_position_embeddings=positions)) == expected
     warned = "data.max_length=1536 is larger than training.max_length=512: samples longer than 512 tokens are dropped"
     assert (warned in caplog.text) == (data_max == 1536)
+
+
+def test_a_saved_base_is_reused_only_when_whole_and_of_the_same_seed(tmp_path, caplog):
+    from swaa_train.recipe import build_recipe
+    from swaa_train.run import saved_random_base
+
+    def recipe(seed):
+        return build_recipe(
+            {
+                "model": {"name_or_path": "some/model", "from_config": True},
+                "data": {"path": "synthetic"},
+                "training": {"output_dir": str(tmp_path), "use_cpu": True, "bf16": False, "seed": seed},
+            }
+        )
+
+    base = tmp_path / "base-model"
+    assert saved_random_base(recipe(0), str(tmp_path)) is None  # none yet
+    base.mkdir()
+    (base / "config.json").write_text("{}")
+    caplog.set_level(logging.WARNING)
+    assert saved_random_base(recipe(0), str(tmp_path)) is None  # stopped before its weights were written
+    assert "has no weights" in caplog.text
+    (base / "model.safetensors").write_bytes(b"weights")
+    (base / "random_init.json").write_text(json.dumps({"seed": 0, "config": "some/model"}))
+    assert saved_random_base(recipe(0), str(tmp_path)) == str(base)
+    with pytest.raises(ValueError, match=r"training.seed=3, but .* was generated with seed 0"):
+        saved_random_base(recipe(3), str(tmp_path))
