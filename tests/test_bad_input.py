@@ -47,6 +47,7 @@ def _base_of_seed(tmp: Path, seed: int) -> None:
     """What a run with training.seed=`seed` left: its random-init base (and a checkpoint)."""
     base = tmp / "out" / "base-model"
     shutil.copytree(DEMO_ASSETS, base)
+    (base / "model.safetensors").write_bytes(b"weights")  # never read: the seed is refused first
     (base / "random_init.json").write_text(json.dumps({"seed": seed}))
     (tmp / "out" / "checkpoint-2").mkdir()
     (tmp / "out" / "checkpoint-2" / "trainer_state.json").write_text("{}")
