@@ -18,6 +18,25 @@ from .evaluate import LENGTH_BINS
 
 logger = logging.get_logger("swaa_train")
 
+# What a bad input raises (a recipe field, a data row, a missing file, no network for a push):
+# reported on one line.
+INPUT_ERRORS = (ValueError, FileNotFoundError, ConnectionError)
+
+
+def fail(prog: str, err: BaseException) -> None:
+    """Report a bad input as one line on stderr and exit 2, as argparse does (traceback at debug level)."""
+    logger.debug("%s failed", prog, exc_info=err)
+    message = " ".join(str(err).split("\n")).strip() or type(err).__name__
+    print(f"{prog}: error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
 
 SECTION_TITLES = {
     "model": "model: the base model (ModelArgs)",
@@ -90,10 +109,13 @@ def train_main(argv: list[str]) -> None:
     try:  # a bad recipe is a usage error: one line naming the field, no traceback
         recipe, raw = load_recipe(args.config or args.recipe, args.overrides + options)
     except ValueError as err:
-        parser.error(str(err))
+        fail(parser.prog, err)
     from .run import run_recipe  # heavy imports only once the recipe is good
 
-    run_recipe(recipe, raw)
+    try:  # bad data, a model that cannot train: also one line naming the field, file or row
+        run_recipe(recipe, raw)
+    except INPUT_ERRORS as err:
+        fail(parser.prog, err)
 
 
 # ------------------------------------------------------------------------------------------
@@ -111,7 +133,10 @@ def merge_main(argv: list[str]) -> None:
     args = parser.parse_args(argv)
     from .export import merge_adapter
 
-    merge_adapter(args.adapter_dir, args.out_dir, base_model=args.base, dtype=args.dtype, overwrite=args.overwrite)
+    try:
+        merge_adapter(args.adapter_dir, args.out_dir, base_model=args.base, dtype=args.dtype, overwrite=args.overwrite)
+    except INPUT_ERRORS as err:
+        fail(parser.prog, err)
 
 
 def serve_args_main(argv: list[str]) -> None:
@@ -127,8 +152,8 @@ def serve_args_main(argv: list[str]) -> None:
 
     try:
         print(shlex.join(reference_serve_args(args.folder)))
-    except ValueError as err:
-        parser.error(str(err))
+    except INPUT_ERRORS as err:
+        fail(parser.prog, err)
 
 
 def vllm_serve_command(folder: str) -> list[str] | None:
@@ -199,21 +224,24 @@ def push_main(argv: list[str]) -> None:
     args = parser.parse_args(argv)
     from .hub import push_to_hub
 
-    plan = push_to_hub(
-        args.folder,
-        args.repo_id,
-        private=args.private,
-        dry_run=args.dry_run,
-        commit_message=args.commit_message,
-        revision=args.revision,
-    )
+    try:
+        plan = push_to_hub(
+            args.folder,
+            args.repo_id,
+            private=args.private,
+            dry_run=args.dry_run,
+            commit_message=args.commit_message,
+            revision=args.revision,
+        )
+    except INPUT_ERRORS as err:
+        fail(parser.prog, err)
     if args.dry_run:
         print(plan.describe())
 
 
 def add_generation_args(parser: argparse.ArgumentParser, max_new_tokens: int | None = None) -> None:
     """The options eval and distill share: how many rows, and how the model generates."""
-    parser.add_argument("--limit", type=int, default=None, help="use the first N rows only")
+    parser.add_argument("--limit", type=positive_int, default=None, help="use the first N rows only (N >= 1)")
     parser.add_argument(
         "--max-new-tokens",
         type=int,

@@ -17,6 +17,8 @@ How the assistant tokens are found:
 
 from __future__ import annotations
 
+import codecs
+import json
 import re
 from collections import Counter
 from collections.abc import Iterable
@@ -55,8 +57,14 @@ def load_rows(path: str | Path, split: str = "train") -> Dataset:
         builder = DATA_FILE_BUILDERS.get(local.suffix.lower())
         if builder is None:
             raise ValueError(f"{local}: unsupported file type; use one of {sorted(DATA_FILE_BUILDERS)}")
-        # Naming the file's split `split` lets any split name load a single file.
-        return load_dataset(builder, data_files={split: str(local)}, split=split)
+        if local.stat().st_size == 0:
+            raise ValueError(f"data file {local} is empty")
+        if builder != "parquet":  # pyarrow reads invalid UTF-8 without complaint, then fails on access
+            check_text_file(local)
+        try:  # naming the file's split `split` lets any split name load a single file
+            return load_dataset(builder, data_files={split: str(local)}, split=split)
+        except Exception as error:  # pyarrow's errors name neither the file nor the line
+            raise ValueError(unreadable_file_message(local, builder, error)) from error
     if local.is_dir():
         suffixes = {p.suffix.lower() for p in local.rglob("*") if p.is_file()}
         builders = {DATA_FILE_BUILDERS[s] for s in suffixes if s in DATA_FILE_BUILDERS}
@@ -75,6 +83,41 @@ def load_rows(path: str | Path, split: str = "train") -> Dataset:
         raise ValueError(
             f"{path!r} is not a local file or directory, and loading it from the Hub failed: {error}"
         ) from error
+
+
+def check_text_file(path: Path, chunk_bytes: int = 1 << 24) -> None:
+    """Refuse a text data file that is blank or not UTF-8, naming the first bad line."""
+    decoder, blank = codecs.getincrementaldecoder("utf-8")(), True
+    with open(path, "rb") as stream:
+        try:
+            while chunk := stream.read(chunk_bytes):
+                blank = blank and not chunk.strip()
+                decoder.decode(chunk)
+            decoder.decode(b"", final=True)
+        except UnicodeDecodeError:
+            raise ValueError(unreadable_file_message(path, "text", None)) from None
+    if blank:
+        raise ValueError(f"data file {path} is empty")
+
+
+def unreadable_file_message(path: Path, builder: str, error: Exception | None) -> str:
+    """Why a data file cannot be read, naming the file and, for text files, the first bad line."""
+    if builder in ("json", "csv", "text"):
+        with open(path, "rb") as lines:
+            for number, line in enumerate(lines, start=1):
+                try:
+                    text = line.decode("utf-8")
+                except UnicodeDecodeError as bad:
+                    return f"data file {path}, line {number}: not UTF-8 (byte 0x{line[bad.start]:02x} at column {bad.start + 1})"
+                if builder == "json" and path.suffix.lower() == ".jsonl" and text.strip():
+                    try:
+                        json.loads(text)
+                    except json.JSONDecodeError as bad:
+                        return f"data file {path}, line {number}: not valid JSON ({bad.msg}, column {bad.colno})"
+    if error is None:
+        return f"data file {path} is not UTF-8 text"
+    cause = error.__cause__ or error.__context__ or error
+    return f"data file {path} cannot be read as {builder}: {str(cause).splitlines()[0] if str(cause) else type(cause).__name__}"
 
 
 def detect_format(columns: Iterable[str]) -> str:
@@ -266,14 +309,18 @@ def chat_template_of(tokenizer: PreTrainedTokenizerBase) -> str:
         raise ValueError(f"the tokenizer needs a chat template to render training rows: {error}") from error
 
 
-def log_drops(reasons: Counter, total: int, fmt: str, min_length: int, max_length: int | None) -> None:
+def log_drops(
+    reasons: Counter, total: int, fmt: str, min_length: int, max_length: int | None, max_length_name: str = "max_length"
+) -> None:
     dropped = total - reasons[""]
     why = [
         f"{reasons['judge']} with judge != 1",
         f"{reasons['too_short']} shorter than min_length={min_length} tokens",
-        f"{reasons['too_long']} longer than max_length={max_length} tokens",
+        f"{reasons['too_long']} longer than {max_length_name}={max_length} tokens",
     ]
     message = f"SFT data ({fmt}): kept {reasons['']} of {total} rows; dropped {dropped}: {', '.join(why)}"
+    if not reasons[""]:
+        raise ValueError(f"no training sample left: {message}")
     (logger.warning if dropped else logger.info)(message)
 
 
@@ -288,16 +335,20 @@ def build_sft_dataset(
     system_prompt: str | None = None,
     max_samples: int | None = None,
     num_proc: int | None = None,
+    max_length_name: str = "max_length",
 ) -> Dataset:
     """Tokenized SFT samples with exactly the columns input_ids and completion_mask.
 
     fusang_long rows with judge != 1 are dropped (when judge_filter and the column exists),
     then samples with fewer than `min_length` or more than `max_length` tokens; the counts
-    are logged. `max_samples` keeps the first rows before any filtering. A bad row raises
-    ValueError naming its index (in `rows`) and field; nothing is returned then.
+    are logged (`max_length_name`: what the log calls the length limit). `max_samples` keeps
+    the first rows before any filtering. A bad row raises ValueError naming its index (in
+    `rows`) and field, and so do no rows or no row left; nothing is returned then.
     """
     if not isinstance(rows, Dataset):
         rows = Dataset.from_list(list(rows))
+    if len(rows) == 0:
+        raise ValueError("the training data has no rows")
     fmt = resolve_format(rows.column_names, format)
     has_generation_markers = bool(GENERATION_MARKER.search(chat_template_of(tokenizer)))
     if max_samples is not None and max_samples < len(rows):
@@ -320,5 +371,5 @@ def build_sft_dataset(
         ),
     )
     reasons = encoded[_DROP]
-    log_drops(Counter(reasons), len(rows), fmt, min_length, max_length)
+    log_drops(Counter(reasons), len(rows), fmt, min_length, max_length, max_length_name)
     return encoded.select([i for i, reason in enumerate(reasons) if not reason]).remove_columns(_DROP)

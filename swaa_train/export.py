@@ -141,6 +141,16 @@ def _move_into_place(tmp: Path, out: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def remove_stale_temporaries(out: Path) -> None:
+    """Remove what an earlier merge into `out` left when it was killed (kill -9 skips its cleanup):
+    `.NAME.tmp-*` (a partial model, as large as the model) and `.NAME.old-*` folders beside `out`."""
+    for pattern in (f".{out.name}.tmp-*", f".{out.name}.old-*"):
+        for stale in out.parent.glob(pattern):
+            if stale.is_dir():
+                logger.warning("Removing %s, left by an interrupted merge", stale)
+                shutil.rmtree(stale, ignore_errors=True)
+
+
 def merge_adapter(
     adapter_dir: str | Path,
     out_dir: str | Path,
@@ -165,6 +175,7 @@ def merge_adapter(
         )
     base_model = base_model or resolve_base_model(adapter_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(out)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
         logger.info("Merging %s into %s", adapter_dir, base_model)

@@ -17,6 +17,7 @@ from pathlib import Path
 from transformers.utils import logging
 
 from .export import merged_model_card
+from .recipe import mask_secret_text
 from .swaa_config import RANDOM_BASE_DIR, SWAA_CONFIG_NAME, find_swaa_config, is_adapter_dir, resolve_base_model
 
 logger = logging.get_logger(__name__)
@@ -45,13 +46,19 @@ class UploadPlan:
     repo_id: str
     files: list[str]  # paths relative to `folder`, README.md included
     card: str
-    card_generated: bool  # the folder has no README.md: this card is written before uploading
+    card_generated: bool  # the folder has no README.md: this card is uploaded (never written into the folder)
+    card_masked: bool = False  # the folder's README.md shows a secret: the masked copy is uploaded instead
+
+    @property
+    def card_from_memory(self) -> bool:
+        return self.card_generated or self.card_masked
 
     def describe(self) -> str:
         """What a push would do, in words: the repo, each file, then the card."""
         lines = [f"repo: {self.repo_id}", f"folder: {self.folder}", f"token: {token_source()}", "files:"]
         for name in self.files:
             note = " (generated)" if name == CARD_NAME and self.card_generated else ""
+            note = " (secrets masked)" if name == CARD_NAME and self.card_masked else note
             size = 0 if note else (self.folder / name).stat().st_size
             lines.append(f"  {name}{note}" + ("" if note else f"  [{size} bytes]"))
         return "\n".join(lines + ["", f"--- {CARD_NAME} ---", self.card.rstrip()])
@@ -99,9 +106,10 @@ def plan_upload(folder: str | Path, repo_id: str) -> UploadPlan:
     card_path = folder / CARD_NAME
     generated = not card_path.is_file()
     card = default_card(folder) if generated else card_path.read_text()
+    masked = mask_secret_text(card)  # a card written before secrets were masked (or by hand)
     if generated:
         files = sorted(files + [CARD_NAME])
-    return UploadPlan(folder, repo_id, files, card, generated)
+    return UploadPlan(folder, repo_id, files, masked, generated, card_masked=masked != card and not generated)
 
 
 def push_to_hub(
@@ -118,17 +126,32 @@ def push_to_hub(
         return plan
     from huggingface_hub import HfApi
 
-    if plan.card_generated:
-        (plan.folder / CARD_NAME).write_text(plan.card)
-    api = HfApi()  # resolves the token from the environment or the login cache
-    url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
-    api.upload_folder(
-        folder_path=str(plan.folder),
-        repo_id=str(getattr(url, "repo_id", repo_id)),
-        repo_type="model",
-        allow_patterns=plan.files,
-        commit_message=commit_message or "Upload SWAA model with swaa-train",
-        revision=revision,
-    )
+    # Nothing is written into the folder: a generated or masked card goes up from memory.
+    from_folder = [name for name in plan.files if not (name == CARD_NAME and plan.card_from_memory)]
+    message = commit_message or "Upload SWAA model with swaa-train"
+    try:
+        api = HfApi()  # resolves the token from the environment or the login cache
+        url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+        target = str(getattr(url, "repo_id", repo_id))
+        api.upload_folder(
+            folder_path=str(plan.folder),
+            repo_id=target,
+            repo_type="model",
+            allow_patterns=from_folder,
+            commit_message=message,
+            revision=revision,
+        )
+        if plan.card_from_memory:
+            api.upload_file(
+                path_or_fileobj=plan.card.encode(),
+                path_in_repo=CARD_NAME,
+                repo_id=target,
+                repo_type="model",
+                commit_message=message,
+                revision=revision,
+            )
+    except Exception as err:  # offline, no permission, bad token: one line, not the HTTP stack
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConnectionError(f"push to {repo_id} failed: {first}") from err
     logger.info("Uploaded %d files of %s to %s", len(plan.files), plan.folder, url)
     return plan

@@ -9,7 +9,10 @@ booleans (`no`, `off` stay strings) and `1e-4` is a number.
 from __future__ import annotations
 
 import dataclasses
+import enum
 import re
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -256,6 +259,64 @@ def load_yaml(text: str) -> Any:
     return yaml.load(text, Loader=_Loader)
 
 
+def yaml_problem(err: yaml.YAMLError) -> str:
+    """A YAML error on one line: what is wrong and where (PyYAML spreads it over several)."""
+    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+    mark = getattr(err, "problem_mark", None)
+    return f"{problem} (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else problem
+
+
+def load_yaml_file(path: Path) -> Any:
+    """A YAML file, with an error naming the file (and line) when it is not valid YAML."""
+    try:
+        return load_yaml(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        raise ValueError(f"{path}: not valid YAML: {yaml_problem(err)}") from None
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+
+
+# ------------------------------------------------------------------------------------------
+# Secrets: a token given in a recipe is used, never written
+# ------------------------------------------------------------------------------------------
+# Field names that hold a credential: training.hub_token, and any *_token / *_key / *secret /
+# *password a recipe or a card carries; the tokenizer's special-token fields are not secrets.
+SECRET_NAME = re.compile(r"(?:^|_)(?:token|key|secret|password|passwd|credentials?)$", re.IGNORECASE)
+NOT_SECRET = {f"{name}_token" for name in ("pad", "eos", "bos", "unk", "sep", "cls", "mask")}
+MASK = "<hidden>"
+# `name: value` / `name=value` / `"name": "value"` in text (a model card's YAML, a log line).
+_SECRET_IN_TEXT = re.compile(
+    r"""(?P<key>["']?(?P<name>[A-Za-z0-9_]+)["']?[ \t]*[:=][ \t]*)(?P<value>["']?[^\s"',}]+["']?)"""
+)
+
+
+def is_secret_name(name: str) -> bool:
+    return bool(SECRET_NAME.search(name)) and name.lower() not in NOT_SECRET
+
+
+def mask_secrets(value: Any) -> Any:
+    """A copy of a recipe mapping (or any nest of dicts and lists) with every secret value masked."""
+    if isinstance(value, dict):
+        return {
+            k: MASK if is_secret_name(str(k)) and v not in (None, "") else mask_secrets(v) for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [mask_secrets(v) for v in value]
+    return value
+
+
+def mask_secret_text(text: str) -> str:
+    """`text` with the value of every `secret_name: value` (or `=`) masked; other text unchanged."""
+
+    def replace(match: re.Match) -> str:
+        value = match["value"].strip("\"'")
+        if not is_secret_name(match["name"]) or value in ("", "null", "None", "~", MASK):
+            return match[0]
+        return match["key"] + MASK
+
+    return _SECRET_IN_TEXT.sub(replace, text)
+
+
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     """Apply command-line overrides `section.field=value` (value parsed as YAML) to a raw recipe."""
     raw = {section: dict(values or {}) for section, values in raw.items()}
@@ -266,8 +327,93 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
             raise ValueError(f"override {item!r}: expected section.field=value, e.g. training.max_steps=10")
         if section not in SECTIONS:
             raise ValueError(f"override {item!r}: unknown section {section!r}; sections: {list(SECTIONS)}")
-        raw.setdefault(section, {})[name] = load_yaml(value) if value != "" else None
+        try:
+            parsed = load_yaml(value) if value != "" else None
+        except yaml.YAMLError as err:
+            raise ValueError(f"override {key}=...: the value is not valid YAML: {yaml_problem(err)}") from None
+        raw.setdefault(section, {})[name] = parsed
     return raw
+
+
+# ------------------------------------------------------------------------------------------
+# Field checks that need more than one field, or a field's declared type
+# ------------------------------------------------------------------------------------------
+# Values a field takes beyond its declared type: `resume_from_checkpoint: true` (the newest checkpoint).
+ALSO_ACCEPTED = {("training", "resume_from_checkpoint"): bool}
+_TYPE_WORDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string", type(None): "null"}
+
+
+def _accepts(kind, value) -> bool | None:
+    """Whether `value` fits the declared type `kind`; None when the type is not a plain one."""
+    origin = typing.get_origin(kind)
+    if origin is typing.Literal:
+        return value in typing.get_args(kind)
+    if origin is not None:  # list[str], dict[str, Any]: the container only
+        return isinstance(value, origin) if isinstance(origin, type) else None
+    if kind is bool:
+        return isinstance(value, bool)
+    if kind is int:
+        return is_int(value)
+    if kind is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind in (str, type(None)) or (isinstance(kind, type) and issubclass(kind, enum.Enum)):
+        return isinstance(value, str) if kind is not type(None) else value is None
+    return None  # a class of its own (e.g. ParallelismConfig): left to the dataclass
+
+
+def check_field_types(cls, values: dict, section: str) -> None:
+    """Refuse a value whose type the field does not declare: `export.merge=maybe` is not a bool,
+    `training.learning_rate=abc` not a number. Fields of other types are left to `cls`."""
+    hints = typing.get_type_hints(cls)
+    for name, value in values.items():
+        kind = hints.get(name)
+        if kind is None or isinstance(value, ALSO_ACCEPTED.get((section, name), ())):
+            continue
+        members = typing.get_args(kind) if typing.get_origin(kind) in (typing.Union, types.UnionType) else (kind,)
+        verdicts = [_accepts(member, value) for member in members]
+        if None in verdicts or any(verdicts):
+            continue
+        expected = " or ".join(dict.fromkeys(_TYPE_WORDS.get(m, getattr(m, "__name__", str(m))) for m in members))
+        shown = MASK if is_secret_name(name) else repr(value)  # an error message is printed
+        raise ValueError(f"{section}.{name} must be {expected}, got {shown}")
+
+
+def check_recipe(recipe: Recipe) -> None:
+    """Settings that each pass their own field's check but cannot train anything together."""
+    swaa, training, data = recipe.swaa, recipe.training, recipe.data
+    window = swaa.sliding_window_size
+    if window is not None and swaa.keep_first >= window:
+        raise ValueError(
+            f"swaa.keep_first={swaa.keep_first} must be smaller than swaa.sliding_window_size={window} "
+            "(sinks are the few first tokens kept visible beside the window)"
+        )
+    if training.max_steps == -1:
+        if not training.num_train_epochs > 0:
+            raise ValueError(
+                f"training.num_train_epochs must be positive when training.max_steps=-1, got {training.num_train_epochs!r}"
+            )
+    elif training.max_steps <= 0:
+        raise ValueError(
+            f"training.max_steps must be a positive number of steps, or -1 to train "
+            f"training.num_train_epochs epochs; got {training.max_steps}"
+        )
+    if data.max_samples is not None and data.max_samples < 1:
+        raise ValueError(f"data.max_samples must be a positive int or null, got {data.max_samples!r}")
+
+
+def check_local_model_path(path: str, field_name: str) -> None:
+    """A path that can only be a local folder (absolute, ./, ~, or under an existing folder) must exist."""
+    local = Path(path).expanduser()
+    if local.exists():
+        return
+    first = Path(path).parts[0] if Path(path).parts else ""
+    looks_local = (
+        path.startswith(("/", ".", "~", "\\"))
+        or path.count("/") > 1
+        or (len(Path(path).parts) > 1 and Path(first).is_dir())
+    )
+    if looks_local:
+        raise ValueError(f"{field_name}: the folder {path} does not exist")
 
 
 def _section(cls, raw: dict, name: str):
@@ -275,10 +421,14 @@ def _section(cls, raw: dict, name: str):
     if not isinstance(values, dict):
         raise ValueError(f"recipe section {name!r} must be a mapping, got {type(values).__name__}")
     reject_unknown(cls, values, f"recipe section {name!r}")
+    check_field_types(cls, values, name)
     try:
         return cls(**values)
     except TypeError as err:  # a required field is missing
         raise ValueError(f"recipe section {name!r}: {err}") from None
+    except ValueError as err:  # the dataclass's own check (TrainingArguments' do not name the field)
+        message = str(err)
+        raise ValueError(message if message.startswith(f"{name}.") else f"recipe section {name!r}: {message}") from None
 
 
 def build_recipe(raw: dict, name: str = "custom") -> Recipe:
@@ -299,9 +449,11 @@ def build_recipe(raw: dict, name: str = "custom") -> Recipe:
         raise ValueError(f"recipe section 'swaa': {err}") from None
     model = _section(ModelArgs, raw, "model")
     model.name_or_path = resolve_packaged_path(model.name_or_path)
+    check_local_model_path(model.name_or_path, "model.name_or_path")
     if model.tokenizer:
         model.tokenizer = resolve_packaged_path(model.tokenizer)
-    return Recipe(
+        check_local_model_path(model.tokenizer, "model.tokenizer")
+    recipe = Recipe(
         model=model,
         swaa=swaa,
         lora=_section(LoraArgs, raw, "lora"),
@@ -311,6 +463,8 @@ def build_recipe(raw: dict, name: str = "custom") -> Recipe:
         memory=_section(MemoryArgs, raw, "memory"),
         name=name,
     )
+    check_recipe(recipe)
+    return recipe
 
 
 SECRET_FIELDS = ("hub_token",)
@@ -351,7 +505,7 @@ def recipe_fields() -> dict[str, list[dataclasses.Field]]:
 def load_recipe(name_or_path: str, overrides: list[str] | None = None) -> tuple[Recipe, dict]:
     """Read recipes/NAME.yaml (or a path), apply overrides; return the recipe and its raw mapping."""
     path = resolve_recipe_path(name_or_path)
-    raw = load_yaml(path.read_text()) or {}
+    raw = load_yaml_file(path) or {}
     if not isinstance(raw, dict):
         raise ValueError(f"{path}: a recipe must be a YAML mapping of sections")
     raw = apply_overrides(raw, overrides or [])

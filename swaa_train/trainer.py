@@ -32,7 +32,7 @@ from transformers.utils import logging
 from trl import SFTTrainer
 
 from .attention import ATTN_IMPLEMENTATION, FULL_FROM_KEY, apply_swaa, full_from_of_labels
-from .recipe import LoraArgs
+from .recipe import LoraArgs, mask_secrets
 from .swaa_config import SWAAConfig, normalize_model_swaa_config
 
 logger = logging.get_logger(__name__)
@@ -91,7 +91,8 @@ def per_document_tensors(inputs: dict, device) -> dict:
 
 
 def model_card(swaa: SWAAConfig, base_model: str, recipe_name: str, recipe_raw: dict | None) -> str:
-    recipe_yaml = yaml.safe_dump(recipe_raw, sort_keys=False) if recipe_raw else "(not recorded)\n"
+    # Tokens, keys and passwords a recipe carries are used by the run, never written.
+    recipe_yaml = yaml.safe_dump(mask_secrets(recipe_raw), sort_keys=False) if recipe_raw else "(not recorded)\n"
     return f"""---
 base_model: {base_model}
 library_name: peft
@@ -188,6 +189,7 @@ class SWAATrainer(SFTTrainer):
         base_model: str = "unknown",
         recipe_name: str = "custom",
         recipe_raw: dict | None = None,
+        write_model_card: bool = True,
         **kwargs,
     ):
         swaa_config = self._swaa_settings(kwargs.get("model", args[0] if args else None), swaa_config)
@@ -201,6 +203,7 @@ class SWAATrainer(SFTTrainer):
         self.base_model = base_model
         self.recipe_name = recipe_name
         self.recipe_raw = recipe_raw
+        self.write_model_card = write_model_card
         sequence_parallel = self._enable_sequence_parallel_attention()
         self.data_collator = FullFromCollator(self.data_collator, per_document_as_lists=sequence_parallel)
         self.add_callback(LossPlotCallback())
@@ -230,12 +233,26 @@ class SWAATrainer(SFTTrainer):
         pc.sp_handler.sp_attn_implementation = ATTN_IMPLEMENTATION
         return True
 
+    def _get_num_items_in_batch(self, batch_samples: list, device):
+        """The supervised tokens of an optimizer step (all ranks); a step without any trains nothing."""
+        num_items = super()._get_num_items_in_batch(batch_samples, device)
+        if num_items is not None and float(num_items) == 0:
+            raise ValueError(
+                f"step {self.state.global_step + 1}: the batch holds no supervised (answer) token, so the loss and "
+                "every gradient are 0; check that the samples' answers fit in training.max_length"
+            )
+        return num_items
+
     def _prepare_inputs(self, inputs):
         return per_document_tensors(super()._prepare_inputs(inputs), self.args.device)
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False):
         """Save the adapter (final or checkpoint) with its swaa_config.json and SWAA model card."""
+        card = Path(output_dir or self.args.output_dir) / "README.md"
+        had_card = card.exists()
         super().save_model(output_dir, _internal_call=_internal_call)
+        if not self.write_model_card and not had_card and self.args.should_save:
+            card.unlink(missing_ok=True)  # PEFT's save_pretrained writes a card of its own
         self.write_swaa_files(output_dir or self.args.output_dir)
 
     def create_model_card(self, *args, **kwargs):
@@ -257,7 +274,9 @@ class SWAATrainer(SFTTrainer):
         output_dir = Path(output_dir)
         output_dir.mkdir(parents=True, exist_ok=True)
         self.swaa_config.save(output_dir)
-        card = model_card(self.swaa_config, self.base_model, self.recipe_name, self.recipe_raw)
-        (output_dir / "README.md").write_text(card)
+        if self.write_model_card:  # export.model_card=false writes none
+            card = model_card(self.swaa_config, self.base_model, self.recipe_name, self.recipe_raw)
+            (output_dir / "README.md").write_text(card)
         if self.recipe_raw:
-            (output_dir / RECIPE_FILE_NAME).write_text(yaml.safe_dump(self.recipe_raw, sort_keys=False))
+            recipe_yaml = yaml.safe_dump(mask_secrets(self.recipe_raw), sort_keys=False)
+            (output_dir / RECIPE_FILE_NAME).write_text(recipe_yaml)

@@ -60,3 +60,15 @@ def tiny_model(arch: str, seed: int = 0, attn_implementation: str = "sdpa"):
 @pytest.fixture(params=sorted(TINY_CONFIGS))
 def arch(request):
     return request.param
+
+
+@pytest.fixture(autouse=True)
+def _restore_package_logger():
+    """`swaa_train.cli.main` gives the package logger its own handler and stops propagation, which
+    would hide later tests' records from caplog: put the logger back after each test."""
+    import logging
+
+    package = logging.getLogger("swaa_train")
+    state = (list(package.handlers), package.propagate, package.level)
+    yield
+    package.handlers[:], package.propagate, package.level = state[0], state[1], state[2]

@@ -4,9 +4,10 @@
   names the engine its file name claims;
 - the demo recipe under DDP (2 processes) reaches the same losses as one process with the
   same global batch, and writes a PEFT adapter + swaa_config.json that loads on CPU;
-- DeepSpeed Ulysses sequence parallelism (2 processes, when deepspeed is installed): each
-  rank holds half of a packed row, the SWAA attention still sees the whole row, and the
-  logits equal those of the whole row on one process.
+- DeepSpeed Ulysses sequence parallelism (2 processes; deepspeed comes with the `deepspeed`
+  extra CI installs): each rank holds half of a packed row, the SWAA attention still sees
+  the whole row, and the logits, the loss and every gradient (summed over the ranks) equal
+  those of the whole row on one process, also for a row padded to a multiple of the SP size.
 """
 
 from __future__ import annotations
@@ -194,7 +195,10 @@ def _free_port() -> int:
 # ------------------------------------------------------------------------------------------
 # DeepSpeed Ulysses SP: half a row per rank, the whole row in the attention
 # ------------------------------------------------------------------------------------------
-SP_DOCS = [(40, 25), (70, 50), (18, 11)]  # (length, prompt length) of each packed document
+# (length, prompt length) of each packed document, per row: 128 tokens, and 127 tokens that
+# cannot be cut in 2 and that the collator pads to 128 (pad_to_multiple_of=4). (Over gloo the
+# SP ranks' rows of one step must have the same length; NCCL takes any.)
+SP_ROWS = [[(40, 25), (70, 50), (18, 11)], [(39, 25), (70, 50), (18, 11)]]
 
 
 def _packed_batch(seed: int) -> dict:
@@ -205,11 +209,12 @@ def _packed_batch(seed: int) -> dict:
 
     g = torch.Generator().manual_seed(seed)
     ids, labels = [], []
-    for length, prompt in SP_DOCS:
+    docs = SP_ROWS[seed]
+    for length, prompt in docs:
         doc = torch.randint(3, 97, (length,), generator=g).tolist()
         ids += doc
         labels += [-100] * prompt + doc[prompt:]  # supervised answer after the prompt
-    example = {"input_ids": ids, "labels": labels, "seq_lengths": [n for n, _ in SP_DOCS]}
+    example = {"input_ids": ids, "labels": labels, "seq_lengths": [n for n, _ in docs]}
     trl = DataCollatorForLanguageModeling(pad_token_id=0, padding_free=True, pad_to_multiple_of=4)
     return FullFromCollator(trl, per_document_as_lists=True)([example])
 
@@ -236,7 +241,22 @@ def _sp_worker(rank: int, world: int, port: int, out_dir: str):
         with torch.no_grad():
             return model(**inputs).logits
 
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    def loss_and_grads(batch, shift_labels):
+        """Summed next-token NLL over the supervised tokens, and its gradient for every weight."""
+        inputs = per_document_tensors({k: v for k, v in batch.items() if k not in ("labels", "shift_labels")}, "cpu")
+        logits = model(**inputs).logits.float()
+        loss = torch.nn.functional.cross_entropy(
+            logits.flatten(0, 1), shift_labels.flatten(), ignore_index=-100, reduction="sum"
+        )
+        return loss.detach(), torch.autograd.grad(loss, params)
+
     whole = [forward(b) for b in batches]  # before SP: one process, whole rows
+    whole_grads = []
+    for b in batches:  # the shift Ulysses' data loader applies: the last position predicts nothing
+        shift = torch.nn.functional.pad(b["labels"], (0, 1), value=-100)[..., 1:]
+        whole_grads.append(loss_and_grads(b, shift))
     mpu = UlyssesSPAttentionHF.register_with_transformers(
         model_name_or_path=model,
         core_attn_implementation=ATTN_IMPLEMENTATION,
@@ -258,6 +278,17 @@ def _sp_worker(rank: int, world: int, port: int, out_dir: str):
         local = forward(shard)
         chunk = whole[step].shape[1] // world
         torch.testing.assert_close(local, whole[step][:, rank * chunk : (rank + 1) * chunk], atol=2e-5, rtol=1e-4)
+        # Each rank's loss covers its slice; the gradients flow back through the all-to-alls, so
+        # summed over the ranks (as ZeRO reduces them) they are the whole row's.
+        loss, grads = loss_and_grads(shard, shard["shift_labels"])
+        torch.distributed.all_reduce(loss)
+        for grad in grads:
+            torch.distributed.all_reduce(grad)
+        expected_loss, expected_grads = whole_grads[step]
+        torch.testing.assert_close(loss, expected_loss, atol=1e-4, rtol=1e-5)
+        for grad, expected in zip(grads, expected_grads):
+            torch.testing.assert_close(grad, expected, atol=1e-5, rtol=1e-4)
+        seen[-1]["loss"] = loss.item()
     Path(out_dir, f"rank{rank}.json").write_text(json.dumps(seen))
 
 
@@ -272,11 +303,16 @@ def test_ulysses_sequence_parallel_sees_whole_rows(tmp_path):
     for seed in range(2):
         batch = _packed_batch(seed)
         expected.append({k: batch[k] for k in ("cu_seq_lens_q", "swaa_full_from", "max_length_q")})
-    # Both ranks received every row's per-document fields whole, not sliced.
-    for rank in range(2):
-        assert json.loads((tmp_path / f"rank{rank}.json").read_text()) == expected
+    # Both ranks received every row's per-document fields whole, not sliced, and the same loss.
+    seen = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in range(2)]
+    assert [step.pop("loss") for step in seen[0]] == [step.pop("loss") for step in seen[1]]
+    assert seen == [expected, expected]
     assert expected[0]["cu_seq_lens_q"] == [0, 40, 110, 128]
     assert expected[0]["swaa_full_from"] == [25, 50, 11]
+    # The second row is padded to 128 (a multiple of the SP size): the padding token forms its
+    # own 1-token document, without supervised tokens.
+    assert expected[1]["cu_seq_lens_q"] == [0, 39, 109, 127, 128]
+    assert expected[1]["swaa_full_from"] == [25, 50, 11, 1]
 
 
 # ------------------------------------------------------------------------------------------

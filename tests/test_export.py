@@ -101,3 +101,15 @@ def test_missing_swaa_config_is_an_error(adapter_dir, tmp_path):
     (adapter_dir / "swaa_config.json").unlink()
     with pytest.raises(ValueError, match="swaa_config.json"):
         merge_adapter(adapter_dir, tmp_path / "merged")
+
+
+def test_a_killed_merge_leaves_nothing_after_the_next_one(adapter_dir, tmp_path):
+    """kill -9 skips the cleanup: the next merge into the same place removes what it left."""
+    parent = tmp_path / "exports"
+    left = [parent / ".merged.tmp-k1ll3d", parent / ".merged.old-k1ll3d"]
+    for folder in left:
+        folder.mkdir(parents=True)
+        (folder / "model.safetensors").write_bytes(b"partial")
+    (parent / ".other.tmp-keep").mkdir()  # another target's temporary folder is not ours to remove
+    merge_adapter(adapter_dir, parent / "merged")
+    assert sorted(p.name for p in parent.iterdir()) == [".other.tmp-keep", "merged"]

@@ -67,6 +67,9 @@ class FakeApi:
     def upload_folder(self, **kwargs):
         FakeApi.calls.append(("upload_folder", kwargs))
 
+    def upload_file(self, **kwargs):
+        FakeApi.calls.append(("upload_file", kwargs))
+
 
 def test_push_creates_repo_and_uploads_planned_files(adapter_dir, monkeypatch, capfd):
     monkeypatch.setenv("HF_TOKEN", SECRET)
@@ -86,6 +89,35 @@ def test_folder_without_swaa_config_is_refused(adapter_dir):
     (adapter_dir / "swaa_config.json").unlink()
     with pytest.raises(ValueError, match="swaa_config.json"):
         plan_upload(adapter_dir, "me/tiny-swaa")
+
+
+def test_a_generated_card_goes_up_from_memory_and_nothing_is_written(adapter_dir, monkeypatch):
+    (adapter_dir / "README.md").unlink()
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
+    FakeApi.calls = []
+    before = sorted(p.relative_to(adapter_dir) for p in adapter_dir.rglob("*"))
+    push_to_hub(adapter_dir, "me/tiny-swaa")
+    (_, upload), (_, card) = [call for call in FakeApi.calls if call[0].startswith("upload")]
+    assert "README.md" not in upload["allow_patterns"]
+    assert card["path_in_repo"] == "README.md"
+    assert card["path_or_fileobj"] == plan_upload(adapter_dir, "me/tiny-swaa").card.encode()
+    assert sorted(p.relative_to(adapter_dir) for p in adapter_dir.rglob("*")) == before
+
+
+def test_a_failed_push_is_one_line_and_writes_nothing(adapter_dir, monkeypatch, capsys):
+    class Offline(FakeApi):
+        def create_repo(self, repo_id, **kwargs):
+            raise OSError("[Errno 101] Network is unreachable\n(and 70 more lines)")
+
+    (adapter_dir / "README.md").unlink()
+    monkeypatch.setattr(huggingface_hub, "HfApi", Offline)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["push", str(adapter_dir), "--repo-id", "me/tiny-swaa"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "swaa-train push: error: push to me/tiny-swaa failed: [Errno 101] Network is unreachable"
+    )
+    assert not (adapter_dir / "README.md").exists()
 
 
 # ------------------------------------------------------------------------------------------

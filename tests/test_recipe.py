@@ -255,3 +255,77 @@ def test_yaml_12_scalars_keep_words_as_strings():
     # What broke before: `no` read as a boolean ("False is not a valid SaveStrategy").
     recipe = build_recipe(apply_overrides(_raw(), ["training.save_strategy=no", "training.eval_strategy=no"]))
     assert recipe.training.save_strategy == "no" and recipe.training.eval_strategy == "no"
+
+
+@pytest.mark.parametrize(
+    "section, key, value, message",
+    [
+        ("export", "merge", "maybe", "export.merge must be true or false, got 'maybe'"),
+        ("export", "model_card", 0, "export.model_card must be true or false, got 0"),
+        ("model", "trust_remote_code", "yes", "model.trust_remote_code must be true or false"),
+        ("memory", "liger_kernel", "sometimes", "memory.liger_kernel"),
+        ("lora", "dropout", "abc", "lora.dropout must be a number, got 'abc'"),
+        ("lora", "r", 8.5, "lora.r must be an integer, got 8.5"),
+        ("training", "learning_rate", "abc", "training.learning_rate must be a number, got 'abc'"),
+        ("training", "bf16", "no", "training.bf16 must be true or false or null, got 'no'"),
+        ("training", "max_length", "long", "training.max_length must be an integer or null, got 'long'"),
+        ("training", "max_steps", 0, "training.max_steps must be a positive number of steps, or -1"),
+        ("training", "seed", True, "training.seed must be an integer, got True"),
+        ("training", "hub_token", 12345, "training.hub_token must be a string or null, got <hidden>"),
+        ("data", "max_samples", 0, "data.max_samples must be a positive int or null, got 0"),
+        ("swaa", "keep_first", 16, "swaa.keep_first=16 must be smaller than swaa.sliding_window_size=16"),
+    ],
+)
+def test_field_types_and_cross_field_checks_name_the_field(section, key, value, message):
+    raw = _raw()
+    raw.setdefault(section, {})[key] = value
+    with pytest.raises(ValueError) as info:
+        build_recipe(raw)
+    assert message in str(info.value)
+
+
+def test_typed_fields_still_take_what_they_declare():
+    raw = apply_overrides(
+        _raw(),
+        ["training.learning_rate=1", "training.resume_from_checkpoint=true", "lora.dropout=0", "export.merge=false"],
+    )
+    recipe = build_recipe(raw)
+    assert recipe.training.learning_rate == 1.0 and recipe.training.resume_from_checkpoint is True
+    assert recipe.lora.dropout == 0 and recipe.export.merge is False
+
+
+def test_max_steps_minus_one_needs_epochs():
+    raw = _raw()
+    raw["training"].update(max_steps=-1, num_train_epochs=0)
+    with pytest.raises(ValueError, match="training.num_train_epochs must be positive when training.max_steps=-1"):
+        build_recipe(raw)
+    raw["training"]["num_train_epochs"] = 2
+    assert build_recipe(raw).training.num_train_epochs == 2
+
+
+def test_secrets_are_masked_in_mappings_and_text():
+    from swaa_train.recipe import MASK, mask_secret_text, mask_secrets
+
+    raw = {
+        "training": {"hub_token": "hf_x", "pad_token": "<pad>", "seed": 0, "hub_model_id": "me/m"},
+        "data": {"api_key": "k", "my_secret": ["s"], "db_password": "p", "keep_first": 4, "none_token": None},
+    }
+    masked = mask_secrets(raw)
+    assert masked == {
+        "training": {"hub_token": MASK, "pad_token": "<pad>", "seed": 0, "hub_model_id": "me/m"},
+        "data": {"api_key": MASK, "my_secret": MASK, "db_password": MASK, "keep_first": 4, "none_token": None},
+    }
+    assert raw["training"]["hub_token"] == "hf_x"  # a copy
+    text = 'training:\n  hub_token: hf_x\n  eos_token: <eos>\n{"api_key": "k1", "url": "http://h:1"}\nTOKEN=abc'
+    assert mask_secret_text(text) == (
+        f'training:\n  hub_token: {MASK}\n  eos_token: <eos>\n{{"api_key": {MASK}, "url": "http://h:1"}}\nTOKEN={MASK}'
+    )
+
+
+def test_broken_yaml_names_the_file_and_the_override(tmp_path):
+    path = tmp_path / "mine.yaml"
+    path.write_text("model:\n  name_or_path: x\ndata: {path: [synthetic\n")
+    with pytest.raises(ValueError, match=rf"^{path}: not valid YAML: .*\(line 4, column 1\)$"):
+        load_recipe(str(path))
+    with pytest.raises(ValueError, match=r"^override lora.target_modules=\.\.\.: the value is not valid YAML"):
+        apply_overrides(_raw(), ["lora.target_modules=[q_proj, "])
