@@ -85,7 +85,7 @@ def test_installed_recipes_work_from_any_directory(wheel, tmp_path):
 # Dependencies
 # ------------------------------------------------------------------------------------------
 DISTRIBUTION_OF = {"yaml": "pyyaml"}  # import name -> distribution name, where they differ
-OPTIONAL = {"matplotlib": "repro"}  # imported only where installed (loss.png), declared as an extra
+OPTIONAL = {"matplotlib": "repro", "vllm": "vllm"}  # imported only where installed (loss.png), declared as an extra
 # The versions the suite passed on: this machine's, and the GPU image's transformers.
 TESTED = {"transformers": ["5.17.0", "5.24.0"], "trl": ["1.16.0"], "peft": ["0.21.2"]}
 

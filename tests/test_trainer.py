@@ -229,15 +229,15 @@ def test_loss_curve_and_plot_without_matplotlib(tmp_path, monkeypatch):
 # Evaluation during training
 # ------------------------------------------------------------------------------------------
 def test_eval_fraction_holds_out_samples():
-    from swaa_train.model import load_tokenizer
+    from swaa_train.model import load_config, load_tokenizer
     from swaa_train.recipe import load_recipe
     from swaa_train.run import build_datasets
 
     recipe, _ = load_recipe("demo", ["data.synthetic_rows=12", "data.synthetic_words=[80, 160]"])
-    tokenizer = load_tokenizer(recipe.model)
-    everything, none = build_datasets(recipe.data, tokenizer)
+    tokenizer, config = load_tokenizer(recipe.model), load_config(recipe.model)
+    everything, none = build_datasets(recipe, tokenizer, config)
     recipe.data.eval_fraction = 0.25
-    train, held_out = build_datasets(recipe.data, tokenizer, seed=0)
+    train, held_out = build_datasets(recipe, tokenizer, config, seed=0)
     samples = lambda d: {tuple(ids) for ids in d["input_ids"]}  # noqa: E731
     assert none is None and len(everything) == 12 and (len(train), len(held_out)) == (9, 3)
     assert not samples(train) & samples(held_out) and samples(train) | samples(held_out) == samples(everything)
@@ -245,16 +245,22 @@ def test_eval_fraction_holds_out_samples():
 
 def test_eval_path_rows_are_tokenized_and_filtered_like_the_training_rows(tmp_path):
     from swaa_train.data import build_sft_dataset
-    from swaa_train.model import load_tokenizer
+    from swaa_train.model import load_config, load_tokenizer
     from swaa_train.recipe import load_recipe
     from swaa_train.run import build_datasets
     from swaa_train.synthetic import make_longqa_rows, write_parquet
 
     rows = make_longqa_rows(5, split="eval", min_words=80, max_words=160)
     path = write_parquet(tmp_path / "held_out.parquet", rows)
-    recipe, _ = load_recipe("demo", ["data.synthetic_rows=4", f"data.eval_path={path}", "data.max_length=210"])
+    overrides = [
+        "data.synthetic_rows=4",
+        "data.synthetic_words=[40, 60]",
+        f"data.eval_path={path}",
+        "data.max_length=210",
+    ]
+    recipe, _ = load_recipe("demo", overrides)
     tokenizer = load_tokenizer(recipe.model)
-    train, evaluation = build_datasets(recipe.data, tokenizer)
+    train, evaluation = build_datasets(recipe, tokenizer, load_config(recipe.model))
     expected = build_sft_dataset(rows, tokenizer, max_length=210)
     assert evaluation["input_ids"] == expected["input_ids"] and len(train) <= 4
     assert 0 < len(evaluation) < 5  # data.max_length dropped the longer held-out rows too
