@@ -33,7 +33,21 @@ CACHE_KWARG = "cache" if "cache" in getattr(generation_utils, "ALL_CACHE_NAMES",
 # ------------------------------------------------------------------------------------------
 # KV cache
 # ------------------------------------------------------------------------------------------
-class SinkWindowLayer(DynamicSlidingWindowLayer):
+class RowPadding:
+    """`pad_lengths` (each row's left padding) follows the rows when generate() repeats or selects them."""
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        super().batch_repeat_interleave(repeats)
+        if self.pad_lengths is not None:
+            self.pad_lengths = self.pad_lengths.repeat_interleave(repeats, dim=0)
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        super().batch_select_indices(indices)
+        if self.pad_lengths is not None:
+            self.pad_lengths = self.pad_lengths[indices.to(self.pad_lengths.device)]
+
+
+class SinkWindowLayer(RowPadding, DynamicSlidingWindowLayer):
     """KV cache of a pure-SWA layer: per row, its first `keep_first` keys and its last `window - 1`.
 
     Prompts are left-padded, so a row's sinks sit after its padding. The kept keys are laid
@@ -108,16 +122,6 @@ class SinkWindowLayer(DynamicSlidingWindowLayer):
     def crop(self, tokens_to_remove: int) -> None:
         raise ValueError("SinkWindowLayer cannot be cropped (assisted decoding is not supported with SWAA caches)")
 
-    def batch_repeat_interleave(self, repeats: int) -> None:
-        super().batch_repeat_interleave(repeats)
-        if self.pad_lengths is not None:
-            self.pad_lengths = self.pad_lengths.repeat_interleave(repeats, dim=0)
-
-    def batch_select_indices(self, indices: torch.Tensor) -> None:
-        super().batch_select_indices(indices)
-        if self.pad_lengths is not None:
-            self.pad_lengths = self.pad_lengths[indices.to(self.pad_lengths.device)]
-
 
 def _layer_bytes(layer) -> tuple[int, int]:
     """(bytes held, bytes a full cache would hold) for one cache layer."""
@@ -130,7 +134,7 @@ def _layer_bytes(layer) -> tuple[int, int]:
     return held, per_position * layer.cumulative_length
 
 
-class SWAACache(DynamicCache):
+class SWAACache(RowPadding, DynamicCache):
     """The KV cache of a SWAA generation.
 
     One cache layer per model layer: `SinkWindowLayer` where the layer never attends past
@@ -181,16 +185,6 @@ class SWAACache(DynamicCache):
         """Each row's FA-decode start among its real tokens: its prompt length."""
         pad = self.pad_lengths if self.pad_lengths is not None else torch.zeros(1, dtype=torch.long)
         return (self.prompt_length - pad).to(device=device, dtype=torch.int32)
-
-    def batch_repeat_interleave(self, repeats: int) -> None:
-        super().batch_repeat_interleave(repeats)
-        if self.pad_lengths is not None:
-            self.pad_lengths = self.pad_lengths.repeat_interleave(repeats, dim=0)
-
-    def batch_select_indices(self, indices: torch.Tensor) -> None:
-        super().batch_select_indices(indices)
-        if self.pad_lengths is not None:
-            self.pad_lengths = self.pad_lengths[indices.to(self.pad_lengths.device)]
 
     def memory_report(self) -> dict:
         held, full = zip(*(_layer_bytes(layer) for layer in self.layers)) if self.layers else ((0,), (0,))
