@@ -17,7 +17,7 @@ common=(model.name_or_path=$base data.path=synthetic data.synthetic_rows=48 "dat
   data.min_length=0 data.max_length=null training.max_length=8192 training.max_steps=5 training.logging_steps=1
   training.save_steps=5 training.learning_rate=1e-3 training.lr_scheduler_type=constant training.warmup_steps=0
   training.per_device_train_batch_size=1 training.gradient_accumulation_steps=1 training.dataloader_num_workers=0)
-# The engines alone: the recipe's memory techniques (activation offloading, tiled MLP, Liger) off.
+# The engines alone: the recipe's memory techniques (activation offloading, Liger) off.
 common+=(memory.liger_kernel=false
   memory.activation_offloading=false)
 
