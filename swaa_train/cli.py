@@ -315,7 +315,9 @@ def distill_main(argv: list[str]) -> None:
     parser.add_argument("--model", required=True, help="the original (full-attention) model")
     parser.add_argument("--data", required=True, help="fusang_long-style rows: prompt, question, answer")
     parser.add_argument("--out", required=True, help="parquet to write (prompt/response/judge + the input columns)")
-    parser.add_argument("--judge-model", default=None, help="judge model asked yes/no (default: answer match)")
+    parser.add_argument(
+        "--judge-model", default=None, help="judge model asked CORRECT/WRONG, as in eval (default: answer match)"
+    )
     add_generation_args(parser)
     args = parser.parse_args(argv)
     from .distill import run_self_distill

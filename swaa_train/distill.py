@@ -4,7 +4,7 @@ judge parquet that the trainer's data loader reads (`judge_filter` keeps judge =
 
 Training on the model's own (correct) answers keeps SWAA fine-tuning close to the original
 model's distribution (SWAA paper, self-distillation). The judge is the rule-based answer
-match of `evaluate.is_correct` on the text after `</think>`, or a judge model asked yes/no when
+match of `evaluate.is_correct` on the text after `</think>`, or a judge model asked CORRECT/WRONG when
 one is given. Generation lengths default to the reference's (`evaluate.default_max_new_tokens`:
 room for a reasoning model's thinking); a response cut off at `max_new_tokens` is never judged
 (judge 0, column `truncated`) and counted, so no unfinished answer becomes training data.
@@ -24,30 +24,29 @@ from .evaluate import (
     generate_responses,
     is_correct,
     load_eval_rows,
-    normalize_answer,
     opens_thinking,
 )
 from .swaa_config import SWAAConfig
 
 logger = logging.get_logger(__name__)
 
-JUDGE_PROMPT = (
-    "Decide whether a response answers a question correctly, given the reference answer.\n\n"
-    "Question: {question}\nReference answer: {answer}\nResponse: {response}\n\n"
-    "Is the response correct? Answer yes or no."
-)
 
-
-def judge_with_model(judge, tokenizer, rows: list[dict], responses: list[str], batch_size: int = 4) -> list[int]:
-    """1 where the judge model's reply starts with "yes", else 0."""
+def judge_with_model(
+    judge, tokenizer, rows: list[dict], responses: list[str], batch_size: int = 4, max_new_tokens: int = 512
+) -> list[int]:
+    """1 where the judge model labels the response CORRECT, else 0: the evaluation's judge
+    (`evaluate.JUDGE_PROMPT`, the SWAA reference's CORRECT/WRONG question)."""
+    from .evaluate import JUDGE_PROMPT, verdict
     from .inference import generate
 
     prompts = [
         JUDGE_PROMPT.format(question=row.get("question") or row["prompt"][-500:], answer=row["answer"], response=resp)
         for row, resp in zip(rows, responses)
     ]
-    verdicts = generate(judge, tokenizer, prompts, max_new_tokens=4, batch_size=batch_size, progress=True, desc="judge")
-    return [int(normalize_answer(v).startswith("yes")) for v in verdicts]
+    replies = generate(
+        judge, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size, progress=True, desc="judge"
+    )
+    return [verdict(reply) or 0 for reply in replies]
 
 
 def _write_parquet_atomic(rows: list[dict], out_path: Path) -> None:

@@ -75,12 +75,12 @@ def test_judge_model_verdicts(monkeypatch):
 
     def fake_generate(model, tokenizer, prompts, **kwargs):
         seen.extend(prompts)
-        return ["Yes, it is.", "no", "YES"]
+        return ["It names the same city. CORRECT", "The date differs. WRONG", "<think>wrong? no</think> correct"]
 
     monkeypatch.setattr(inference, "generate", fake_generate)
     rows = [{"question": f"q{i}", "answer": f"a{i}", "prompt": "p"} for i in range(3)]
     assert judge_with_model(None, None, rows, ["r0", "r1", "r2"]) == [1, 0, 1]
-    assert "Reference answer: a1" in seen[1] and "Response: r1" in seen[1]
+    assert "Gold answer: a1" in seen[1] and "Generated answer: r1" in seen[1]
 
 
 def test_truncated_or_unfinished_responses_are_never_training_data(demo, tmp_path, monkeypatch):
