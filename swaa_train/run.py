@@ -269,6 +269,13 @@ def resolve_resume(resume: str | bool | None, output_dir: str) -> tuple[str | No
     raise ValueError(f"training.resume_from_checkpoint=true: no complete checkpoint in {output_dir}")
 
 
+def staging_leftovers(output_dir: str) -> list[Path]:
+    """Temporary checkpoint folders (`.tmp-checkpoint-N`) that a run killed while saving left behind."""
+    from .trainer import STAGING_PREFIX
+
+    return [p for p in Path(output_dir).glob(f"{STAGING_PREFIX}{PREFIX_CHECKPOINT_DIR}-*") if p.is_dir()]
+
+
 def remove_incomplete(checkpoints: list[Path]) -> None:
     """Left in place, an incomplete checkpoint counts against save_total_limit and pushes out a good one."""
     for path in checkpoints:
@@ -286,7 +293,7 @@ def run_recipe(recipe: Recipe, raw: dict | None = None) -> SWAATrainer:
     """Train, save adapter + swaa_config.json + card, and merge if the recipe asks to."""
     resume, incomplete = resolve_resume(recipe.training.resume_from_checkpoint, recipe.training.output_dir)
     trainer = build_trainer(recipe, raw)
-    remove_incomplete(incomplete)
+    remove_incomplete(incomplete + staging_leftovers(recipe.training.output_dir))
     trainer.train(resume_from_checkpoint=resume)
     trainer.save_model(recipe.training.output_dir)
     logger.info("Adapter, swaa_config.json and model card written to %s", recipe.training.output_dir)

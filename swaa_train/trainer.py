@@ -22,12 +22,15 @@ while the attention sees the whole row for a subset of heads; the per-document f
 from __future__ import annotations
 
 import dataclasses
+import os
+import shutil
 from pathlib import Path
 
 import torch
 import yaml
 from peft import LoraConfig
 from transformers import PreTrainedModel, TrainerCallback
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from transformers.utils import logging
 from trl import SFTTrainer
 
@@ -36,6 +39,9 @@ from .recipe import LoraArgs, mask_secrets
 from .swaa_config import SWAAConfig, normalize_model_swaa_config
 
 logger = logging.get_logger(__name__)
+
+# A checkpoint is written as OUTPUT_DIR/.tmp-checkpoint-N/checkpoint-N, then renamed.
+STAGING_PREFIX = ".tmp-"
 
 # Batch entries with one value per document (or document boundary), not one per token.
 PER_DOCUMENT_KEYS = ("cu_seq_lens_q", "cu_seq_lens_k", FULL_FROM_KEY)
@@ -259,6 +265,48 @@ class SWAATrainer(SFTTrainer):
         """The SWAA card in place of TRL's generic one (TRL writes its card at every checkpoint,
         transformers before every final push)."""
         self.write_swaa_files(self.args.output_dir)
+
+    def _save_checkpoint(self, model, trial) -> None:
+        """Write checkpoint-N under a temporary folder and rename it once complete, so a run killed
+        while saving leaves no checkpoint-N that looks whole (resume never trips on one)."""
+        if trial is not None:  # hyperparameter search: its own run folders
+            return super()._save_checkpoint(model, trial)
+        run_dir = self.args.output_dir
+        name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        staging = os.path.join(run_dir, f"{STAGING_PREFIX}{name}")
+        self._staging_dir = staging  # where _get_output_dir points while the Trainer writes
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self._staging_dir = None
+        self.accelerator.wait_for_everyone()  # every rank's files (RNG states, shards) are in
+        final = os.path.join(run_dir, name)
+        if self.state.best_model_checkpoint and self.state.best_model_checkpoint.startswith(staging):
+            self.state.best_model_checkpoint = final
+        if self.args.should_save:
+            if os.path.exists(final):  # the same step saved by an earlier, stopped run
+                shutil.rmtree(final)
+            os.replace(os.path.join(staging, name), final)
+            shutil.rmtree(staging, ignore_errors=True)
+            self._rotate(run_dir)
+        self.accelerator.wait_for_everyone()
+
+    def _rotate(self, run_dir: str) -> None:
+        """transformers' own rotation (save_total_limit), on the run folder the checkpoint landed in."""
+        try:  # transformers >= 5.2x: a function of trainer_utils
+            from transformers.trainer_utils import rotate_checkpoints
+        except ImportError:
+            return self._rotate_checkpoints(use_mtime=True, output_dir=run_dir)
+        rotate_checkpoints(
+            output_dir=run_dir,
+            save_total_limit=self.args.save_total_limit,
+            best_model_checkpoint=self.state.best_model_checkpoint,
+            use_mtime=True,
+        )
+
+    def _get_output_dir(self, trial) -> str:
+        staging = getattr(self, "_staging_dir", None)
+        return staging if staging is not None else super()._get_output_dir(trial)
 
     def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
         """A checkpoint push uploads the output directory, where transformers copies only the

@@ -321,3 +321,35 @@ def test_a_saved_base_is_reused_only_when_whole_and_of_the_same_seed(tmp_path, c
     assert saved_random_base(recipe(0), str(tmp_path)) == str(base)
     with pytest.raises(ValueError, match=r"training.seed=3, but .* was generated with seed 0"):
         saved_random_base(recipe(3), str(tmp_path))
+
+
+def test_a_checkpoint_is_renamed_into_place_only_when_complete(tmp_path, monkeypatch, caplog):
+    """A run killed while writing checkpoint-4 leaves no checkpoint-4, only a temporary folder
+    that the next run removes; resuming continues from checkpoint-2."""
+    from transformers import Trainer
+
+    from swaa_train.run import run_training
+
+    out = tmp_path / "out"
+    original, calls = Trainer._save_rng_state, []
+
+    def dies_at_the_second_checkpoint(self, output_dir):
+        calls.append(output_dir)
+        if len(calls) == 2:
+            raise KeyboardInterrupt("killed while writing the checkpoint")
+        return original(self, output_dir)
+
+    monkeypatch.setattr(Trainer, "_save_rng_state", dies_at_the_second_checkpoint)
+    overrides = [*TINY, f"training.output_dir={out}", "training.max_steps=4"]
+    with pytest.raises(KeyboardInterrupt):
+        run_training("demo", overrides)
+    assert (out / "checkpoint-2" / "trainer_state.json").is_file()
+    assert not (out / "checkpoint-4").exists()
+    assert (out / ".tmp-checkpoint-4" / "checkpoint-4" / "adapter_model.safetensors").is_file()  # half written
+    monkeypatch.setattr(Trainer, "_save_rng_state", original)
+    caplog.set_level(logging.INFO)
+    trainer = run_training("demo", [*overrides, "training.resume_from_checkpoint=true"])
+    assert trainer.state.global_step == 4
+    assert json.loads((out / "checkpoint-4" / "trainer_state.json").read_text())["global_step"] == 4
+    assert not any(p.name.startswith(".tmp-") for p in out.iterdir())
+    assert f"Skipping and removing {out / '.tmp-checkpoint-4'}" in caplog.text
