@@ -144,7 +144,6 @@ class BenchSetup:
         cpu = ["training.bf16=false", "training.use_cpu=true"] if device == "cpu" else []
         self.recipe, self.raw = load_recipe(recipe, [*cpu, *overrides])
         self.device, self.workdir, self.bf16 = device, workdir, device != "cpu"
-        use_expandable_segments()
         self.model = build_model(shape, self.recipe.swaa, device, workdir)
         self.vocab = shape["vocab_size"]
         self.tokenizer = load_tokenizer(ModelArgs(name_or_path=str(TINY_ASSETS)))

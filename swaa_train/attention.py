@@ -243,14 +243,9 @@ def _one_causal_block(query, key, attention_mask, kwargs) -> bool:
 
 def _sdpa_causal(query, key, value, scaling):
     """Causal attention of (B, H, S, D) rows through torch SDPA (cuDNN first); returns (B, S, H, D)."""
-    key, value = key.to(query.dtype), value.to(query.dtype)
-    out = full_causal_varlen(
-        query[0].transpose(0, 1) if query.shape[0] == 1 else query.transpose(1, 2).flatten(0, 1),
-        key[0].transpose(0, 1) if key.shape[0] == 1 else key.transpose(1, 2).flatten(0, 1),
-        value[0].transpose(0, 1) if value.shape[0] == 1 else value.transpose(1, 2).flatten(0, 1),
-        torch.arange(query.shape[0] + 1, device=query.device, dtype=torch.int32) * query.shape[2],
-        scaling,
-    )
+    packed = lambda t: t.to(query.dtype).transpose(1, 2).flatten(0, 1)  # noqa: E731  (a view for one row)
+    rows = torch.arange(query.shape[0] + 1, device=query.device, dtype=torch.int32) * query.shape[2]
+    out = full_causal_varlen(packed(query), packed(key), packed(value), rows, scaling)
     return out.view(query.shape[0], query.shape[2], *out.shape[1:])
 
 

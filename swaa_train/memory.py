@@ -8,7 +8,8 @@ SwiGLU and RoPE of the layer being recomputed. Against each, TRL's own switches:
   layer's input) goes to pinned CPU memory on a side stream and comes back in the backward;
 - (b) `use_liger_kernel`: Liger's fused RMSNorm, SwiGLU and RoPE kernels (liger's fused linear
   cross-entropy stays off: TRL's fused LM head already scores only supervised tokens);
-- PyTorch's expandable-segments allocator (PYTORCH_CUDA_ALLOC_CONF), against fragmentation.
+- PyTorch's expandable-segments allocator (PYTORCH_CUDA_ALLOC_CONF), against fragmentation:
+  asked for by `recipe.build_recipe`, before TRL's SFTConfig can start CUDA.
 
 Each changes where tensors live or in which order the same arithmetic runs, never the result.
 `configure_training` resolves the switches into a copy of the caller's `SFTConfig`.
@@ -78,8 +79,6 @@ def configure_training(memory: MemoryArgs, training):
         changes["activation_offloading"] = True
     if changes:
         training = dataclasses.replace(training, **changes)
-    if memory.expandable_segments:
-        use_expandable_segments()
     logger.info(
         "Memory: liger kernels %s, activation offloading %s",
         "on" if training.use_liger_kernel else "off",

@@ -453,6 +453,13 @@ def build_recipe(raw: dict, name: str = "custom") -> Recipe:
     if model.tokenizer:
         model.tokenizer = resolve_packaged_path(model.tokenizer)
         check_local_model_path(model.tokenizer, "model.tokenizer")
+    memory = _section(MemoryArgs, raw, "memory")
+    if memory.expandable_segments:
+        # The CUDA allocator reads its settings once, when CUDA starts, and building TRL's
+        # SFTConfig below may start it: ask for expandable segments first.
+        from .memory import use_expandable_segments
+
+        use_expandable_segments()
     recipe = Recipe(
         model=model,
         swaa=swaa,
@@ -460,7 +467,7 @@ def build_recipe(raw: dict, name: str = "custom") -> Recipe:
         data=_section(DataArgs, raw, "data"),
         training=_section(SFTConfig, raw, "training"),
         export=_section(ExportArgs, raw, "export"),
-        memory=_section(MemoryArgs, raw, "memory"),
+        memory=memory,
         name=name,
     )
     check_recipe(recipe)
@@ -509,10 +516,4 @@ def load_recipe(name_or_path: str, overrides: list[str] | None = None) -> tuple[
     if not isinstance(raw, dict):
         raise ValueError(f"{path}: a recipe must be a YAML mapping of sections")
     raw = apply_overrides(raw, overrides or [])
-    if ((raw.get("memory") or {}).get("expandable_segments", True)) is True:
-        # The CUDA allocator reads its settings once, when CUDA starts, and building TRL's
-        # SFTConfig below may start it: ask for expandable segments first.
-        from .memory import use_expandable_segments
-
-        use_expandable_segments()
     return build_recipe(raw, name=path.stem), raw

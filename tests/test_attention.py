@@ -162,3 +162,19 @@ def test_mixed_dtypes_from_autocast_run_in_the_dtype_of_v():
     got, _ = swaa_attention_forward(module, q, k, v.bfloat16(), None, scaling=0.25)
     assert got.dtype == torch.bfloat16
     torch.testing.assert_close(got, expected)
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_full_layer_sdpa_path_is_causal_attention(batch):
+    """The cuDNN route of full-attention layers (taken on CUDA) equals the reference, run here on CPU."""
+    from swaa_attn import swaa_attn_varlen_ref
+
+    from swaa_train.attention import _sdpa_causal
+
+    torch.manual_seed(batch)
+    q, k, v = torch.randn(batch, 4, 11, 16), torch.randn(batch, 2, 11, 16), torch.randn(batch, 2, 11, 16)
+    out = _sdpa_causal(q, k, v, 0.3)
+    flat = lambda t: t.transpose(1, 2).reshape(-1, t.shape[1], t.shape[3])  # noqa: E731
+    cu = torch.arange(batch + 1, dtype=torch.int32) * 11
+    ref = swaa_attn_varlen_ref(flat(q), flat(k), flat(v), cu, cu, 11, 11, softmax_scale=0.3)
+    torch.testing.assert_close(out.reshape(-1, 4, 16), ref, atol=1e-5, rtol=1e-5)

@@ -175,3 +175,26 @@ def test_liger_kernels_match_eager(restore_liger_patches):
     assert model.get_base_model().model.layers[0].mlp._get_name() == "LigerSwiGLUMLP"
     patched = loss_and_grads(model, batch)
     assert_same(reference, patched, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("wanted", [True, False])
+def test_recipe_asks_for_expandable_segments_before_building_the_training_config(monkeypatch, tmp_path, wanted):
+    import trl
+
+    order = []
+
+    class RecordedConfig(trl.SFTConfig):
+        def __post_init__(self):
+            order.append("SFTConfig")
+            super().__post_init__()
+
+    monkeypatch.setattr(trl, "SFTConfig", RecordedConfig)
+    monkeypatch.setattr("swaa_train.memory.use_expandable_segments", lambda: order.append("expandable"))
+    raw = {
+        "model": {"name_or_path": "m"},
+        "data": {"path": "synthetic"},
+        "training": {"output_dir": str(tmp_path), **CPU_ARGS},
+        "memory": {"expandable_segments": wanted},
+    }
+    build_recipe(raw)
+    assert order == (["expandable", "SFTConfig"] if wanted else ["SFTConfig"])
