@@ -168,7 +168,6 @@ def test_mixed_dtypes_from_autocast_run_in_the_dtype_of_v():
 def test_full_layer_sdpa_path_is_causal_attention(batch):
     """The cuDNN route of full-attention layers (taken on CUDA) equals the reference, run here on CPU."""
     from swaa_attn import swaa_attn_varlen_ref
-
     from swaa_train.attention import _sdpa_causal
 
     torch.manual_seed(batch)
