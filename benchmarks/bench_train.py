@@ -8,7 +8,7 @@ then the largest T that fits for each attention; --out DIR also writes it with a
 
 One LoRA step of the toolkit's own trainer (SWAATrainer.train: forward, backward, optimizer
 step, with the recipe's LoRA, gradient checkpointing and memory techniques) on a random-init
-model of Qwen3-4B's exact shape, built from its config (nothing downloaded), over one packed
+model of Qwen3-4B's exact shape (or --shape llama3.1-8b), built from its config (nothing downloaded), over one packed
 row of T tokens whose documents are supervised on their last `supervised` tokens.
 
 Each cell is one (attention, memory techniques, T): warm-up steps, then one step under
@@ -33,7 +33,7 @@ from pathlib import Path
 
 import torch
 from datasets import Dataset
-from transformers import AttentionInterface, Qwen3Config, TrainerCallback
+from transformers import AttentionInterface, AutoConfig, TrainerCallback
 from transformers.masking_utils import AttentionMaskInterface, flash_attention_mask
 from transformers.utils import logging
 
@@ -41,13 +41,10 @@ import swaa_train
 
 if __package__ in (None, ""):  # run as a script: the benchmarks package from this checkout
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.shapes import QWEN3_4B  # noqa: E402
+from benchmarks.shapes import SHAPES  # noqa: E402
 from swaa_attn import full_causal_varlen
 from swaa_train.attention import IGNORE_INDEX, apply_swaa
-from swaa_train.memory import (
-    configure_training,
-    use_expandable_segments,
-)
+from swaa_train.memory import configure_training, limit_offloading, offload_limit_bytes, use_expandable_segments
 from swaa_train.model import load_model, load_tokenizer
 from swaa_train.recipe import MemoryArgs, ModelArgs, load_recipe
 from swaa_train.swaa_config import SWAAConfig
@@ -58,6 +55,15 @@ logger = logging.get_logger(__name__)
 GIB = 2**30
 RECIPE = "qwen3_swa2k"
 TINY_ASSETS = Path(swaa_train.__file__).resolve().parent / "assets" / "tiny-qwen3"
+TINY_SIZES = (
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "head_dim",
+    "intermediate_size",
+    "vocab_size",
+)
 FULL, RECIPE_SWAA, ALL_SWA = "full causal (SDPA)", "SWAA recipe", "SWA all layers"
 ATTENTIONS = (FULL, RECIPE_SWAA, ALL_SWA)
 ALL_ON = "defaults"
@@ -128,10 +134,10 @@ def packed_example(tokens: int, doc_tokens: int | None, supervised: int, vocab: 
     return {"input_ids": ids, "labels": labels, "seq_lengths": lengths}
 
 
-def build_model(shape: dict, swaa: SWAAConfig, device: str, workdir: Path):
+def build_model(model_type: str, shape: dict, swaa: SWAAConfig, device: str, workdir: Path):
     """A random-init causal LM of `shape` through the toolkit's loader, initialised directly on `device`."""
     config_dir = workdir / "config"
-    Qwen3Config(**shape, dtype="bfloat16").save_pretrained(config_dir)
+    AutoConfig.for_model(model_type, **shape, dtype="bfloat16").save_pretrained(config_dir)
     with torch.device(device):
         model = load_model(ModelArgs(name_or_path=str(config_dir), from_config=True), swaa)
     return model.to(device)
@@ -140,11 +146,14 @@ def build_model(shape: dict, swaa: SWAAConfig, device: str, workdir: Path):
 class BenchSetup:
     """The recipe, a model, a tokenizer, and one SWAATrainer per set of memory techniques."""
 
-    def __init__(self, shape: dict, device: str, workdir: Path, recipe: str = RECIPE, overrides: list[str] = ()):
+    def __init__(
+        self, model_type: str, shape: dict, device: str, workdir: Path, recipe: str = RECIPE, overrides: list[str] = ()
+    ):
         cpu = ["training.bf16=false", "training.use_cpu=true"] if device == "cpu" else []
         self.recipe, self.raw = load_recipe(recipe, [*cpu, *overrides])
         self.device, self.workdir, self.bf16 = device, workdir, device != "cpu"
-        self.model = build_model(shape, self.recipe.swaa, device, workdir)
+        self.model = build_model(model_type, shape, self.recipe.swaa, device, workdir)
+        self.model_type = model_type
         self.vocab = shape["vocab_size"]
         self.tokenizer = load_tokenizer(ModelArgs(name_or_path=str(TINY_ASSETS)))
         self.trainers: dict[str, object] = {}
@@ -188,8 +197,10 @@ class BenchSetup:
             processing_class=self.tokenizer,
             peft_config=lora_config(self.recipe.lora) if first else None,
             swaa_config=self.recipe.swaa,
-            base_model="random-init Qwen3-4B shape",
+            base_model=f"random-init {self.model_type} shape",
         )
+        if args.activation_offloading:
+            limit_offloading(trainer, offload_limit_bytes(memory))
         self.model = trainer.model  # the PEFT model from now on
         self.liger_applied |= bool(args.use_liger_kernel)
         self.trainers[technique] = trainer
@@ -526,6 +537,7 @@ def main_bench(
     ablation_tokens: list[int],
     *,
     tiny: bool,
+    shape_name: str = "qwen3-4b",
     warmup: int,
     doc_tokens: int | None,
     supervised: int,
@@ -536,13 +548,16 @@ def main_bench(
     log=print,
 ) -> str:
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    shape = dict(QWEN3_4B)
-    if tiny:  # the shipped tiny Qwen3 shape: a CPU smoke test of the harness
-        shape.update(json.loads((TINY_ASSETS / "config.json").read_text()))
-        shape = {key: shape[key] for key in QWEN3_4B}
+    model_type, shape = SHAPES[shape_name]
+    shape = dict(shape)
+    if tiny:  # the shipped tiny Qwen3's sizes on this architecture: a CPU smoke test of the harness
+        tiny_config = json.loads((TINY_ASSETS / "config.json").read_text())
+        shape.update({key: tiny_config[key] for key in TINY_SIZES})
+    longest = max([*lengths, *ablation_tokens, *(c.tokens for c in cells or [])])
+    shape["max_position_embeddings"] = max(shape["max_position_embeddings"], longest)
     with tempfile.TemporaryDirectory() as workdir:
         tiny_swaa = ["swaa.sliding_window_size=64", "swaa.keep_first=4", "swaa.non_sliding_layers=[1]"]
-        setup = BenchSetup(shape, device, Path(workdir), overrides=tiny_swaa if tiny else [])
+        setup = BenchSetup(model_type, shape, device, Path(workdir), overrides=tiny_swaa if tiny else [])
         cells = run_grid(
             setup,
             cells or grid(lengths, ablation_tokens),
@@ -614,7 +629,10 @@ def main(argv=None) -> None:
         help="run these cells instead of the grid: ATTENTION@T[/TECHNIQUE],... with ATTENTION one of "
         "full, recipe, swa, e.g. 'swa@256k,recipe@256k,swa@256k/liger'",
     )
-    parser.add_argument("--tiny", action="store_true", help="the shipped tiny Qwen3 shape instead of Qwen3-4B")
+    parser.add_argument(
+        "--shape", choices=sorted(SHAPES), default="qwen3-4b", help="the model's architecture and sizes"
+    )
+    parser.add_argument("--tiny", action="store_true", help="the shipped tiny Qwen3's sizes instead of the shape's")
     parser.add_argument("--out", type=Path, default=None, help="also write bench_train.md and .json here")
     args = parser.parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -624,6 +642,7 @@ def main(argv=None) -> None:
         args.lengths,
         args.ablation,
         tiny=args.tiny,
+        shape_name=args.shape,
         warmup=args.warmup,
         doc_tokens=args.doc_tokens[0] if args.doc_tokens else None,
         supervised=args.supervised,

@@ -5,7 +5,10 @@ With gradient checkpointing and TRL's fused LM head, what is left to fit at 100k
 SwiGLU and RoPE of the layer being recomputed. Against each, TRL's own switches:
 
 - (a) `activation_offloading`: what the forward saves outside the checkpointed layers (each
-  layer's input) goes to pinned CPU memory on a side stream and comes back in the backward;
+  layer's input) goes to pinned CPU memory on a side stream and comes back in the backward,
+  up to `offload_limit_gib` per step (`limit_offloading`): at 512k tokens the Qwen3-4B shape's
+  checkpoints are 90 GiB, more pinned memory than a 125-GiB host can give, so the first layers'
+  inputs (needed last) go to the host and the last layers' stay on the GPU;
 - (b) `use_liger_kernel`: Liger's fused RMSNorm, SwiGLU and RoPE kernels (liger's fused linear
   cross-entropy stays off: TRL's fused LM head already scores only supervised tokens);
 - PyTorch's expandable-segments allocator (PYTORCH_CUDA_ALLOC_CONF), against fragmentation:
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import math
 import os
 
 import torch
@@ -85,3 +89,41 @@ def configure_training(memory: MemoryArgs, training):
         "on" if training.activation_offloading else "off",
     )
     return training
+
+
+def offload_limit_bytes(memory: MemoryArgs) -> int:
+    """Bytes of saved activations one process may offload per step: `memory.offload_limit_gib`,
+    or (auto) half the host's memory shared by the node's processes (LOCAL_WORLD_SIZE)."""
+    if memory.offload_limit_gib != "auto":
+        return int(float(memory.offload_limit_gib) * 2**30)
+    import psutil
+
+    return psutil.virtual_memory().total // 2 // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+
+
+def limit_offloading(trainer, limit_bytes: int) -> bool:
+    """Make TRL's activation offloading (trainer.maybe_activation_offload_context) stop offloading
+    once `limit_bytes` of the current step's activations are on the host: later ones stay on the
+    GPU. Returns whether the trainer offloads at all (and so got the limit)."""
+    from trl.models.activation_offloading import OffloadActivations
+
+    context = getattr(trainer, "maybe_activation_offload_context", None)
+    if not isinstance(context, OffloadActivations):
+        return False
+    pack, smallest = context.pack_hook, context.min_tensor_size_bytes
+    offloaded = [0]
+
+    def pack_within_limit(activation: torch.Tensor):
+        if context.is_first_forward_call:  # a new forward: nothing of it offloaded yet
+            offloaded[0] = 0
+        size = activation.element_size() * activation.nelement()
+        # TRL's pack keeps tensors under min_tensor_size_bytes on the device: past the limit, all of them.
+        context.min_tensor_size_bytes = smallest if offloaded[0] + size <= limit_bytes else math.inf
+        tensor_id = pack(activation)
+        if context.tracker[tensor_id][1]:  # (tensor, offloaded, ...)
+            offloaded[0] += size
+        return tensor_id
+
+    context.pack_hook = pack_within_limit
+    logger.info("Activation offloading: at most %.1f GiB per step in host memory", limit_bytes / 2**30)
+    return True

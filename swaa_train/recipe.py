@@ -159,6 +159,14 @@ class MemoryArgs:
             "auto: on with CUDA and gradient checkpointing; true: on; false: leave training.activation_offloading."
         },
     )
+    offload_limit_gib: float | str = field(
+        default="auto",
+        metadata={
+            "help": "With activation offloading, at most this many GiB of one step's saved activations go to pinned "
+            "host memory (the first layers' inputs, needed last in the backward); the rest stay on the GPU. auto: half "
+            "the host's memory, shared by the processes of the node; a number: that limit."
+        },
+    )
     expandable_segments: bool = field(
         default=True,
         metadata={"help": "PyTorch's expandable-segments CUDA allocator, against fragmentation at long sequences."},
@@ -169,6 +177,9 @@ class MemoryArgs:
             value = getattr(self, name)
             if not isinstance(value, bool) and value != "auto":
                 raise ValueError(f"memory.{name} must be true, false or auto, got {value!r}")
+        limit = self.offload_limit_gib
+        if limit != "auto" and (isinstance(limit, bool) or not isinstance(limit, (int, float)) or limit < 0):
+            raise ValueError(f"memory.offload_limit_gib must be auto or a number >= 0, got {limit!r}")
         if not isinstance(self.expandable_segments, bool):
             raise ValueError(f"memory.expandable_segments must be true or false, got {self.expandable_segments!r}")
 

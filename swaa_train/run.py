@@ -18,7 +18,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from transformers.utils import logging
 
 from .data import build_sft_dataset, load_chat_template, load_rows
-from .memory import configure_training
+from .memory import configure_training, limit_offloading, offload_limit_bytes
 from .model import load_config, load_model, load_tokenizer, position_limit
 from .recipe import DataArgs, Recipe, load_recipe, resolved_recipe
 from .swaa_config import RANDOM_BASE_DIR
@@ -233,6 +233,8 @@ def build_trainer(recipe: Recipe, raw: dict | None = None) -> SWAATrainer:
         recipe_raw=resolved_recipe(recipe, raw) if raw is not None else None,
         write_model_card=recipe.export.model_card,
     )
+    if training.activation_offloading:
+        limit_offloading(trainer, offload_limit_bytes(recipe.memory))
     return trainer
 
 

@@ -734,6 +734,78 @@ def test_study_end_to_end_on_a_tiny_model(tmp_path, monkeypatch):
         assert (tmp_path / "report" / name).stat().st_size > 10_000
 
 
+def test_lanes_split_a_seed_only_once_its_base_exists(tmp_path):
+    from experiments.adaptation.study import estimate_s, split_lanes
+
+    study = toy_study(tmp_path / "study")
+    tasks = study.tasks()
+    # No base yet: one lane per seed, pretraining first.
+    assert split_lanes(study, tasks, 3) == [(0, tasks), (1, tasks)]
+    base = study.seed_dir(1) / "base"
+    base.mkdir(parents=True)
+    (base / "config.json").write_text("{}")
+    done = study.rows_path(1, "pretrain")
+    done.parent.mkdir(parents=True)
+    done.write_text("")
+    lanes = split_lanes(study, tasks, 2)
+    assert lanes[0] == (0, tasks)
+    seed1 = [lane for seed, lane in lanes if seed == 1]
+    assert len(seed1) == 2 and sorted(t for lane in seed1 for t in lane) == sorted(tasks[1:])
+    # Dealt by estimate: the lanes' estimated work differs by at most the largest task.
+    work = [sum(estimate_s(study, t) for t in lane) for lane in seed1]
+    assert abs(work[0] - work[1]) <= max(estimate_s(study, t) for t in tasks[1:])
+
+
+def test_a_lane_leaves_what_would_end_after_the_deadline(tmp_path, monkeypatch):
+    import time
+
+    from experiments.adaptation import study as study_module
+
+    study = toy_study(tmp_path / "study")
+    ran = []
+    monkeypatch.setattr(study_module, "run_task", lambda study, seed, task: ran.append(task))
+    base = study.seed_dir(0) / "base"
+    base.mkdir(parents=True)
+    (base / "config.json").write_text("{}")
+    ladder = study_module.estimate_s(study, "base_ladder")
+    # Enough time for base_ladder alone (x2 on a shared GPU), not for the arms after it.
+    deadline = time.time() + 2 * ladder + 1
+    done = study_module.run_tasks(study, 0, ["base_ladder", "arm:fa"], deadline, slowdown=2.0)
+    assert ran == done == ["base_ladder"]
+    # Without a base (and no chunks to rebuild it from) nothing that needs one starts.
+    ran.clear()
+    assert study_module.run_tasks(study, 1, ["base_ladder"], None) == [] and ran == []
+
+
+@pytest.mark.slow
+def test_seeds_side_by_side_give_the_rows_of_the_serial_run(tmp_path, monkeypatch):
+    import dataclasses
+
+    import yaml
+
+    from experiments.adaptation.study import collect_all, read_rows, run_parallel
+
+    monkeypatch.chdir(tmp_path)
+    study = toy_study(tmp_path / "study")
+    study_path = tmp_path / "study.yaml"
+    study_path.write_text(yaml.safe_dump(dataclasses.asdict(study)))
+    lines = []
+    first = run_parallel(study, str(study_path), ["pretrain", "base_ladder"], deadline_s=600, log=lines.append)
+    assert first == {0: ["pretrain", "base_ladder"], 1: ["pretrain", "base_ladder"]}
+    assert sum(line.startswith("lane") and "exit 0" in line for line in lines) == 2
+    second = run_parallel(study, str(study_path), study.tasks(), lanes_per_seed=2, deadline_s=600, log=lines.append)
+    assert second == {0: study.tasks(), 1: study.tasks()}
+    assert sum("exit 0" in line for line in lines) == 6  # 2 lanes, then 2 per seed
+    rows = read_rows([study.out_dir])
+    ladder = {(r["seed"], r["setting"]) for r in rows if r["lora"] == "none" and r["group"] == "ladder"}
+    assert len(ladder) == 2 * len(study.ladder(2))
+    assert {r["lora"] for r in rows} == {"none", "fa", "nofa_mix"}
+    copied = collect_all(study, tmp_path / "out")
+    assert tmp_path / "out" / "seed1" / "pretrain_log.jsonl" in copied
+    assert len(read_rows([tmp_path / "out"])) == len(rows)
+    assert not any(path.suffix in (".safetensors", ".bin") for path in copied)
+
+
 @pytest.mark.parametrize("accuracy,agrees", [(1.0, True), (0.9, False), (0.5, True)])
 def test_target_verdicts_say_whether_the_intervals_agree(accuracy, agrees):
     from experiments.adaptation.stats import evaluate_targets, summarize

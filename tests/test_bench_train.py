@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -26,6 +27,7 @@ from benchmarks.bench_train import (
 )
 from swaa_attn import swaa_attn_varlen_ref
 from swaa_train.attention import IGNORE_INDEX
+from swaa_train.swaa_config import SWAAConfig
 from swaa_train.trainer import FullFromCollator
 
 
@@ -120,3 +122,14 @@ def test_table_reports_speedup_and_failures():
     assert "| SWAA recipe | defaults | 32k | 16,384 | 2.00x | 20.0 |" in text
     assert "| SWA all layers | defaults | 32k | OOM |" in text
     assert "| full causal (SDPA) | defaults | 32k | 8,192 | - | 30.0 | 4.00 | 2.50 |" in text
+
+
+def test_llama_shape_builds_a_llama_with_llama3_rope(tmp_path):
+    from benchmarks.bench_train import TINY_ASSETS, TINY_SIZES, build_model
+    from benchmarks.shapes import SHAPES
+
+    model_type, shape = SHAPES["llama3.1-8b"]
+    tiny = json.loads((TINY_ASSETS / "config.json").read_text())
+    model = build_model(model_type, {**shape, **{k: tiny[k] for k in TINY_SIZES}}, SWAAConfig(64, 4), "cpu", tmp_path)
+    assert type(model).__name__ == "LlamaForCausalLM"
+    assert model.config.rope_parameters["rope_type"] == "llama3" and not model.config.tie_word_embeddings

@@ -12,7 +12,13 @@ from trl import SFTConfig
 from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
 from swaa_train.attention import IGNORE_INDEX, apply_swaa
-from swaa_train.memory import ALLOC_CONF, configure_training, use_expandable_segments
+from swaa_train.memory import (
+    ALLOC_CONF,
+    configure_training,
+    limit_offloading,
+    offload_limit_bytes,
+    use_expandable_segments,
+)
 from swaa_train.recipe import MemoryArgs, build_recipe
 from swaa_train.swaa_config import SWAAConfig
 from swaa_train.trainer import FullFromCollator
@@ -70,6 +76,9 @@ def assert_same(reference, other, atol=1e-6, rtol=1e-5):
     [
         {"liger_kernel": "yes"},
         {"activation_offloading": 1},
+        {"offload_limit_gib": -1},
+        {"offload_limit_gib": "half"},
+        {"offload_limit_gib": True},
         {"expandable_segments": "auto"},
     ],
 )
@@ -147,6 +156,80 @@ def test_activation_offloading_is_exact():
     reference = loss_and_grads(model, batch)
     offloaded = loss_and_grads(model, batch, get_act_offloading_ctx_manager(model, min_offload_size=16))
     assert_same(reference, offloaded, atol=0, rtol=0)  # bytes moved to the host and back
+
+
+class Trainer:
+    """What limit_offloading reads of a trainer: TRL's offloading context."""
+
+    def __init__(self, context):
+        self.maybe_activation_offload_context = context
+
+
+def test_offload_limit_keeps_later_activations_on_the_device():
+    from trl.models.activation_offloading import OffloadActivations
+
+    # TRL's OffloadActivations needs an accelerator to be built; this one has its pack-hook
+    # contract: a new forward resets is_first_forward_call, tensors under min_tensor_size_bytes stay.
+    context = OffloadActivations.__new__(OffloadActivations)
+    context.min_tensor_size_bytes, context.tracker, context.is_first_forward_call = 16, {}, True
+
+    def pack(tensor):
+        context.is_first_forward_call = False
+        tensor_id = len(context.tracker) + 1
+        context.tracker[tensor_id] = (tensor, tensor.nbytes >= context.min_tensor_size_bytes)
+        return tensor_id
+
+    context.pack_hook = pack
+    assert limit_offloading(Trainer(context), limit_bytes=1000)
+
+    def forward(sizes):
+        context.tracker.clear()
+        ids = [context.pack_hook(torch.zeros(n // 4)) for n in sizes]
+        return [context.tracker[i][1] for i in ids]
+
+    # 400 + 400 fit, the third 400 would pass 1000, a later 100 still fits, 8 bytes never move.
+    assert forward([400, 400, 400, 100, 8]) == [True, True, False, True, False]
+    assert forward([400, 400, 400]) == [False, False, False]  # the same forward: its 900 bytes are counted
+    context.is_first_forward_call = True  # the backward unpacked everything: a new step
+    assert forward([400, 400, 400]) == [True, True, False]
+    assert not limit_offloading(Trainer(None), limit_bytes=1000)
+
+
+def test_offload_limit_auto_is_half_the_host_shared_by_the_node(monkeypatch):
+    import psutil
+
+    total = psutil.virtual_memory().total
+    assert offload_limit_bytes(MemoryArgs()) == total // 2
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    assert offload_limit_bytes(MemoryArgs()) == total // 2 // 4
+    assert offload_limit_bytes(MemoryArgs(offload_limit_gib=1.5)) == 3 * 2**29
+
+
+@pytest.mark.gpu
+@cuda
+def test_offloading_within_a_limit_is_exact_and_keeps_to_it():
+    from trl.models import get_act_offloading_ctx_manager
+
+    batch = packed_batch(lengths=(300, 90, 410))
+    model = lora_model(device="cuda")
+    reference = loss_and_grads(model, batch)
+    context = get_act_offloading_ctx_manager(model, min_offload_size=16)
+    layer_input = batch["input_ids"].numel() * model.config.hidden_size * 4  # float32, one packed row
+    limit = int(1.5 * layer_input)
+    assert limit_offloading(Trainer(context), limit_bytes=limit)
+    offloaded = []
+    pack = context.pack_hook
+
+    def recording_pack(tensor):
+        tensor_id = pack(tensor)
+        if context.tracker[tensor_id][1]:
+            offloaded.append(tensor.nbytes)
+        return tensor_id
+
+    context.pack_hook = recording_pack
+    assert_same(reference, loss_and_grads(model, batch, context), atol=0, rtol=0)
+    # The first layer's input went to the host; the other layers' stayed on the GPU.
+    assert 0 < sum(offloaded) <= limit and offloaded.count(layer_input) == 1
 
 
 @pytest.fixture

@@ -4,6 +4,9 @@
     python -m experiments.adaptation.run_study job s0-0                # one job (at most ~10 min on one H100)
     python -m experiments.adaptation.run_study collect s0-0 --to DIR   # its results, laid out as under out_dir
     python -m experiments.adaptation.run_study all                     # every job in turn (one long session)
+    python -m experiments.adaptation.run_study parallel --tasks pretrain,base_ladder --deadline-s 540
+                                       # every seed side by side on one GPU, stopping before the deadline
+    python -m experiments.adaptation.run_study collect-all --to DIR    # every seed's rows and logs
     python -m experiments.adaptation.run_study report --results outputs/adaptation --out outputs/adaptation/report
 
 --study names the StudyConfig YAML (default experiments/adaptation/study.yaml).
@@ -14,7 +17,17 @@ import json
 import sys
 
 from experiments.adaptation.data import show_progress
-from experiments.adaptation.study import StudyConfig, collect_job, find_job, plan_jobs, read_rows, run_job
+from experiments.adaptation.study import (
+    StudyConfig,
+    collect_all,
+    collect_job,
+    find_job,
+    plan_jobs,
+    read_rows,
+    run_job,
+    run_parallel,
+    run_tasks,
+)
 
 
 def format_plan(study: StudyConfig) -> str:
@@ -30,12 +43,20 @@ def format_plan(study: StudyConfig) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("action", choices=["plan", "job", "collect", "all", "report"])
+    parser.add_argument(
+        "action", choices=["plan", "job", "collect", "all", "report", "parallel", "lane", "collect-all"]
+    )
     parser.add_argument("job", nargs="?", help="job name (job, collect): see plan")
     parser.add_argument("--study", default="experiments/adaptation/study.yaml", help="the study's YAML")
     parser.add_argument("--to", help="collect: directory to copy the job's results into")
     parser.add_argument("--results", nargs="+", default=None, help="report: directories of rows-*.jsonl")
     parser.add_argument("--out", default=None, help="report: directory for report.md, summary.json, plots")
+    parser.add_argument("--tasks", default="", help="parallel, lane: comma-separated tasks (default: all)")
+    parser.add_argument("--seed", type=int, help="lane: the seed")
+    parser.add_argument("--lanes-per-seed", type=int, default=1, help="parallel: lanes of a seed whose base exists")
+    parser.add_argument("--deadline-s", type=float, help="parallel: start no task that would end after this")
+    parser.add_argument("--deadline", type=float, help="lane: the same, as time.time() seconds")
+    parser.add_argument("--slowdown", type=float, default=1.0, help="parallel, lane: estimates x this (shared GPU)")
     parser.add_argument("--resamples", type=int, default=2000, help="report: bootstrap resamples")
     args = parser.parse_args()
     study = StudyConfig.load(args.study)
@@ -52,6 +73,19 @@ def main() -> None:
             if not args.to:
                 parser.error("collect needs --to")
             sys.stdout.write("\n".join(map(str, collect_job(study, job, args.to))) + "\n")
+    elif args.action in ("parallel", "lane"):
+        tasks = [t for t in args.tasks.split(",") if t] or study.tasks()
+        if args.action == "lane":
+            if args.seed is None:
+                parser.error("lane needs --seed")
+            run_tasks(study, args.seed, tasks, args.deadline, args.slowdown)
+        else:
+            done = run_parallel(study, args.study, tasks, args.lanes_per_seed, args.deadline_s, args.slowdown)
+            sys.stdout.write(json.dumps(done) + "\n")
+    elif args.action == "collect-all":
+        if not args.to:
+            parser.error("collect-all needs --to")
+        sys.stdout.write("\n".join(map(str, collect_all(study, args.to))) + "\n")
     elif args.action == "all":
         for job in plan_jobs(study):
             run_job(study, job)

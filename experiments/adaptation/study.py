@@ -25,6 +25,7 @@ import dataclasses
 import functools
 import gc
 import json
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -523,4 +524,130 @@ def collect_job(study: StudyConfig, job: Job, to: str | Path) -> list[Path]:
         dest = target / (relative.name if relative.parts[0] == "base" else relative)
         dest.parent.mkdir(parents=True, exist_ok=True)
         copied.append(Path(shutil.copy2(path, dest)))
+    return copied
+
+
+# ------------------------------------------------------------------------------------------
+# Several seeds side by side on one GPU
+# ------------------------------------------------------------------------------------------
+# The miniature's model (26M parameters, 32k-token steps) leaves most of an H100/H200 idle:
+# its kernels are small and its steps host-bound. Seeds, and the LoRAs of one seed once its base
+# exists, are independent, so they run as separate processes ("lanes") on the same GPU.
+def data_needed(study: StudyConfig, tasks: list[str]) -> list[str]:
+    """The data sets (ensure_data names) that `tasks` read: written once, before lanes start."""
+    names = ["eval_bins"]
+    if "pretrain" in tasks:
+        names += list(study.data_counts)
+    for arm in study.arms:
+        if f"arm:{arm.name}" in tasks:
+            names.append("train_mix" if arm.data == "mix" else "train")
+    return list(dict.fromkeys(names))
+
+
+def split_lanes(study: StudyConfig, tasks: list[str], lanes_per_seed: int) -> list[tuple[int, list[str]]]:
+    """(seed, tasks) per lane. A seed whose base is not there yet gets one lane (pretraining
+    first); otherwise its tasks not yet done are dealt over `lanes_per_seed` lanes, longest
+    estimate first, each to the lane with the least estimated work."""
+    lanes = []
+    for seed in study.seeds:
+        todo = [t for t in study.tasks() if t in tasks and not study.rows_path(seed, t).is_file()]
+        if not todo:
+            continue
+        has_base = (study.seed_dir(seed) / "base" / "config.json").is_file()
+        if "pretrain" in todo or not has_base or lanes_per_seed <= 1:
+            lanes.append((seed, todo))
+            continue
+        dealt: list[list[str]] = [[] for _ in range(min(lanes_per_seed, len(todo)))]
+        for task in sorted(todo, key=lambda t: -estimate_s(study, t)):
+            min(dealt, key=lambda lane: sum(estimate_s(study, t) for t in lane)).append(task)
+        lanes += [(seed, lane) for lane in dealt]
+    return lanes
+
+
+def run_tasks(study: StudyConfig, seed: int, tasks: list[str], deadline: float | None = None, slowdown: float = 1.0):
+    """Run `tasks` of `seed` in order, skipping those done and, with a `deadline` (time.time()
+    seconds), those whose estimate times `slowdown` would end after it. Returns the tasks done."""
+    done = []
+    for task in tasks:
+        if study.rows_path(seed, task).is_file():
+            done.append(task)
+            continue
+        needs_base = task != "pretrain" and not (study.seed_dir(seed) / "base" / "config.json").is_file()
+        if needs_base and not (study.seed_dir(seed) / "chunks").is_dir():
+            logger.warning("Seed %d: no base, so %s is left for a later run", seed, task)
+            continue
+        # Pretraining stops itself at its time budget; the other tasks slow down on a shared GPU.
+        expected = estimate_s(study, task) * (1.0 if task == "pretrain" else slowdown)
+        if deadline is not None and time.time() + expected > deadline:
+            logger.warning(
+                "Seed %d: %s left for a later run (~%.0f s, %.0f s left)", seed, task, expected, deadline - time.time()
+            )
+            continue
+        run_task(study, seed, task)
+        done.append(task)
+    return done
+
+
+def run_parallel(
+    study: StudyConfig,
+    study_path: str,
+    tasks: list[str],
+    lanes_per_seed: int = 1,
+    deadline_s: float | None = None,
+    slowdown: float = 1.0,
+    log=print,
+) -> dict[int, list[str]]:
+    """The `tasks` of every seed, as lanes of `split_lanes` run side by side (one process each,
+    `run_study lanes`), each stopping before a task it could not end within `deadline_s`.
+    Each lane's log goes to seed{N}/logs/. Returns, per seed, the tasks with rows."""
+    import subprocess
+    import sys
+
+    unknown = set(tasks) - set(study.tasks())
+    if unknown:
+        raise ValueError(f"unknown tasks {sorted(unknown)}; tasks: {study.tasks()}")
+    # Once, before the lanes that read it start, with every core (the lanes share them: num_proc each).
+    ensure_data(dataclasses.replace(study, num_proc=os.cpu_count()), data_needed(study, tasks))
+    root = str(Path(__file__).resolve().parents[2])  # the checkout: `experiments` from any directory
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
+    deadline = time.time() + deadline_s if deadline_s else None
+    procs = []
+    for number, (seed, lane) in enumerate(split_lanes(study, tasks, lanes_per_seed)):
+        log_path = study.seed_dir(seed) / "logs" / f"lane{number}.log"
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        command = [sys.executable, "-m", "experiments.adaptation.run_study", "lane", "--study", study_path]
+        command += ["--seed", str(seed), "--tasks", ",".join(lane), "--slowdown", str(slowdown)]
+        command += ["--deadline", str(deadline)] if deadline else []
+        log(f"lane {number}: seed {seed}: {', '.join(lane)} (log {log_path})")
+        with open(log_path, "a") as out:
+            procs.append((number, log_path, subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)))
+    for number, log_path, proc in procs:
+        # A lane that overruns its estimates is stopped 30 s after the deadline; its task's rows are
+        # written only once complete, so a rerun redoes just that task.
+        left = None if deadline is None else max(deadline + 30 - time.time(), 1)
+        try:
+            code = proc.wait(timeout=left)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            code = "stopped at the deadline"
+        tail = log_path.read_text(errors="replace").splitlines()[-5:]
+        log(f"lane {number}: exit {code}\n  " + "\n  ".join(tail))
+    return {seed: [t for t in study.tasks() if study.rows_path(seed, t).is_file()] for seed in study.seeds}
+
+
+def collect_all(study: StudyConfig, to: str | Path) -> list[Path]:
+    """Every seed's rows, timings, pretraining log and lane logs (no weights) copied into `to`,
+    laid out as under out_dir: what the report needs, small enough to bring back from any machine."""
+    import shutil
+
+    copied = []
+    for seed in study.seeds:
+        seed_dir = study.seed_dir(seed)
+        wanted = [*seed_dir.glob("rows/*.jsonl"), *seed_dir.glob("logs/*.log"), seed_dir / "timings.jsonl"]
+        wanted.append(seed_dir / "base" / "pretrain_log.jsonl")
+        for path in (p for p in wanted if p.is_file()):
+            relative = path.relative_to(seed_dir)
+            dest = Path(to) / f"seed{seed}" / (relative.name if relative.parts[0] == "base" else relative)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            copied.append(Path(shutil.copy2(path, dest)))
     return copied
