@@ -99,6 +99,7 @@ class Estimates:
     job_start_s: float = field(default=40.0, metadata={"help": "Imports, eval/train data, unpacking the base."})
     pretrain_data_s: float = field(default=25.0, metadata={"help": "All pretraining data (16 processes)."})
     pretrain_extra_s: float = field(default=25.0, metadata={"help": "Model build, saving, packing."})
+    pretrain_step_s: float = field(default=0.117, metadata={"help": "One pretraining step (2525 in 296 s)."})
     model_load_s: float = field(default=8.0, metadata={"help": "Loading base (+ adapter) for one evaluation."})
     tokenize_s: float = field(default=32.0, metadata={"help": "LoRA data tokenized, trainer built."})
     lora_step_s: float = field(default=0.32, metadata={"help": "One LoRA step (60 s made 190 steps)."})
@@ -252,8 +253,10 @@ def estimate_s(study: StudyConfig, task: str) -> float:
     if task == "pretrain":
         from experiments.adaptation.pretrain import PretrainArgs
 
-        budget = study.pretrain.get("time_budget_s", PretrainArgs.__dataclass_fields__["time_budget_s"].default)
-        return est.pretrain_data_s + float(budget) + est.pretrain_extra_s
+        defaults = PretrainArgs.__dataclass_fields__
+        budget = float(study.pretrain.get("time_budget_s", defaults["time_budget_s"].default))
+        steps = int(study.pretrain.get("max_steps", defaults["max_steps"].default))
+        return est.pretrain_data_s + min(budget, steps * est.pretrain_step_s) + est.pretrain_extra_s
     if task == "base_ladder":
         return est.model_load_s + len(study.ladder(num_layers)) * q * est.eval_question_s
     if task == "base_kv":
@@ -576,8 +579,7 @@ def run_tasks(study: StudyConfig, seed: int, tasks: list[str], deadline: float |
         if needs_base and not (study.seed_dir(seed) / "chunks").is_dir():
             logger.warning("Seed %d: no base, so %s is left for a later run", seed, task)
             continue
-        # Pretraining stops itself at its time budget; the other tasks slow down on a shared GPU.
-        expected = estimate_s(study, task) * (1.0 if task == "pretrain" else slowdown)
+        expected = estimate_s(study, task) * slowdown
         if deadline is not None and time.time() + expected > deadline:
             logger.warning(
                 "Seed %d: %s left for a later run (~%.0f s, %.0f s left)", seed, task, expected, deadline - time.time()

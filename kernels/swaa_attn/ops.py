@@ -509,7 +509,7 @@ class KernelConfig:
 GPU_CONFIGS = {
     64: KernelConfig(
         block_m=64,
-        block_n=128,
+        block_n=64,  # 64x64 forward: 0.25 ms at 16k vs 0.29 for 64x128 (KERNEL_NOTES.md, version 2)
         fwd_warps=4,
         block_m1=32,
         block_n1=128,
