@@ -617,6 +617,17 @@ def test_plan_runs_every_task_once_in_jobs_within_budget():
     assert max(j.estimate_s for j in jobs) < 600
 
 
+def test_pretraining_estimate_counts_steps_up_to_the_time_budget():
+    from experiments.adaptation.study import StudyConfig, estimate_s
+
+    est = StudyConfig().estimates
+    fixed = est.pretrain_data_s + est.pretrain_extra_s
+    by_steps = StudyConfig(pretrain={"max_steps": 2500, "time_budget_s": 1200.0})
+    assert estimate_s(by_steps, "pretrain") == pytest.approx(fixed + 2500 * est.pretrain_step_s)
+    by_clock = StudyConfig(pretrain={"max_steps": 2500, "time_budget_s": 100.0})
+    assert estimate_s(by_clock, "pretrain") == pytest.approx(fixed + 100.0)
+
+
 def test_mix_alternates_the_two_sets(tmp_path):
     from experiments.adaptation.study import write_mix
     from swaa_train.synthetic import write_parquet

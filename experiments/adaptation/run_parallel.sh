@@ -30,7 +30,7 @@ echo "=== MPS $mps"
 
 left=$(( DEADLINE_S - ($(date +%s) - start) ))
 python3 -m experiments.adaptation.run_study parallel --study "$STUDY" --tasks "$TASKS" \
-  --lanes-per-seed "${LANES:-1}" --deadline-s "$left" --slowdown "${SLOWDOWN:-1.5}"
+  --lanes-per-seed "${LANES:-1}" --deadline-s "$left" --slowdown "${SLOWDOWN:-1.6}"
 status=$?
 [ "$mps" = on ] && echo quit | nvidia-cuda-mps-control
 if [ -n "${OUT:-}" ]; then

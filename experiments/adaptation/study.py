@@ -579,7 +579,10 @@ def run_tasks(study: StudyConfig, seed: int, tasks: list[str], deadline: float |
         if needs_base and not (study.seed_dir(seed) / "chunks").is_dir():
             logger.warning("Seed %d: no base, so %s is left for a later run", seed, task)
             continue
-        expected = estimate_s(study, task) * slowdown
+        expected = estimate_s(study, task)
+        if task == "pretrain" and (study.data_dir / "train.parquet").is_file():
+            expected -= study.estimates.pretrain_data_s  # the data is there already (run_parallel wrote it)
+        expected *= slowdown
         if deadline is not None and time.time() + expected > deadline:
             logger.warning(
                 "Seed %d: %s left for a later run (~%.0f s, %.0f s left)", seed, task, expected, deadline - time.time()
