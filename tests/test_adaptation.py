@@ -791,6 +791,10 @@ def test_a_lane_leaves_what_would_end_after_the_deadline(tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_seeds_side_by_side_give_the_rows_of_the_serial_run(tmp_path, monkeypatch):
     import dataclasses
+    import os
+    import subprocess
+    import sys
+    import tarfile
 
     import yaml
 
@@ -804,9 +808,22 @@ def test_seeds_side_by_side_give_the_rows_of_the_serial_run(tmp_path, monkeypatc
     first = run_parallel(study, str(study_path), ["pretrain", "base_ladder"], deadline_s=600, log=lines.append)
     assert first == {0: ["pretrain", "base_ladder"], 1: ["pretrain", "base_ladder"]}
     assert sum(line.startswith("lane") and "exit 0" in line for line in lines) == 2
-    second = run_parallel(study, str(study_path), study.tasks(), lanes_per_seed=2, deadline_s=600, log=lines.append)
-    assert second == {0: study.tasks(), 1: study.tasks()}
-    assert sum("exit 0" in line for line in lines) == 6  # 2 lanes, then 2 per seed
+    # The rest through the GPU script, as a GPU machine runs it (2 lanes per seed, results packed).
+    script = Path(__file__).resolve().parent.parent / "experiments/adaptation/run_parallel.sh"
+    env = {
+        **os.environ,
+        "STUDY": str(study_path),
+        "OUT": str(tmp_path),
+        "LANES": "2",
+        "MPS": "off",
+        "PYTHON": sys.executable,
+    }
+    done = subprocess.run(
+        ["bash", str(script), ",".join(study.tasks()), "600"], env=env, capture_output=True, text=True, check=True
+    )
+    assert json.loads(done.stdout.splitlines()[-2]) == {"0": study.tasks(), "1": study.tasks()}
+    assert len(re.findall(r"^lane \d+: exit 0$", done.stdout, re.M)) == 4  # 2 lanes per seed
+    assert "=== MPS off" in done.stdout
     rows = read_rows([study.out_dir])
     ladder = {(r["seed"], r["setting"]) for r in rows if r["lora"] == "none" and r["group"] == "ladder"}
     assert len(ladder) == 2 * len(study.ladder(2))
@@ -815,6 +832,11 @@ def test_seeds_side_by_side_give_the_rows_of_the_serial_run(tmp_path, monkeypatc
     assert tmp_path / "out" / "seed1" / "pretrain_log.jsonl" in copied
     assert len(read_rows([tmp_path / "out"])) == len(rows)
     assert not any(path.suffix in (".safetensors", ".bin") for path in copied)
+    with tarfile.open(tmp_path / "study-results.tgz") as packed:  # what the script copied out
+        names = packed.getnames()
+        packed.extractall(tmp_path / "unpacked", filter="data")
+    assert "./seed0/logs/lane0.log" in names and not any(n.endswith(".safetensors") for n in names)
+    assert len(read_rows([tmp_path / "unpacked"])) == len(rows)
 
 
 @pytest.mark.parametrize("accuracy,agrees", [(1.0, True), (0.9, False), (0.5, True)])

@@ -5,12 +5,15 @@
 #   LANES=2 bash experiments/adaptation/run_parallel.sh base_kv,arm:fa_decode,arm:no_fa 540
 # A rerun skips the tasks that have rows, so a second call on the same machine carries on.
 # With CUDA MPS available the lanes share the GPU through it (MPS=off: plain time-slicing).
+# PYTHON names the interpreter (default python3).
 # With OUT set, every seed's rows and logs (no weights) are packed into $OUT/study-results.tgz,
 # laid out as under outputs/adaptation/.
 set -uo pipefail
 TASKS=${1:?usage: run_parallel.sh TASKS DEADLINE_S}
 DEADLINE_S=${2:?usage: run_parallel.sh TASKS DEADLINE_S}
-export PYTHONPATH=".:kernels${PYTHONPATH:+:$PYTHONPATH}" TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)   # the checkout: its packages importable from any directory
+export PYTHONPATH="$ROOT:$ROOT/kernels${PYTHONPATH:+:$PYTHONPATH}" TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
+PYTHON=${PYTHON:-python3}
 STUDY=${STUDY:-experiments/adaptation/study.yaml}
 start=$(date +%s)
 
@@ -19,7 +22,7 @@ if [ "${MPS:-auto}" != off ] && command -v nvidia-cuda-mps-control >/dev/null; t
   export CUDA_MPS_PIPE_DIRECTORY=/tmp/swaa-mps/pipe CUDA_MPS_LOG_DIRECTORY=/tmp/swaa-mps/log
   mkdir -p "$CUDA_MPS_PIPE_DIRECTORY" "$CUDA_MPS_LOG_DIRECTORY"
   nvidia-cuda-mps-control -d 2>/dev/null
-  if timeout 60 python3 -c "import torch; assert torch.ones(2, device='cuda').sum().item() == 2"; then
+  if timeout 60 "$PYTHON" -c "import torch; assert torch.ones(2, device='cuda').sum().item() == 2"; then
     mps=on
   else
     echo quit | nvidia-cuda-mps-control 2>/dev/null
@@ -29,12 +32,12 @@ fi
 echo "=== MPS $mps"
 
 left=$(( DEADLINE_S - ($(date +%s) - start) ))
-python3 -m experiments.adaptation.run_study parallel --study "$STUDY" --tasks "$TASKS" \
+"$PYTHON" -m experiments.adaptation.run_study parallel --study "$STUDY" --tasks "$TASKS" \
   --lanes-per-seed "${LANES:-1}" --deadline-s "$left" --slowdown "${SLOWDOWN:-1.6}"
 status=$?
 [ "$mps" = on ] && echo quit | nvidia-cuda-mps-control
 if [ -n "${OUT:-}" ]; then
-  python3 -m experiments.adaptation.run_study collect-all --study "$STUDY" --to /tmp/study-results >/dev/null
+  "$PYTHON" -m experiments.adaptation.run_study collect-all --study "$STUDY" --to /tmp/study-results >/dev/null
   tar -czf "$OUT/study-results.tgz" -C /tmp/study-results .
 fi
 echo "=== $TASKS: exit $status after $(( $(date +%s) - start )) s"
