@@ -534,6 +534,8 @@ def test_summary_by_seed_subset_and_relative_to_full():
         ((0.8, 0.85, 0.75), 0.05, (0.8, 0.85, 0.75), 0.5, [False, True, True, True]),
         ((0.9, 0.85, 0.95), 0.15, (0.85, 0.80, 0.90), 0.4, [True, False, False, False]),
         ((0.9, 0.85, 0.95), 0.0, (0.9, 0.725, 0.95), 0.5, [True, True, False, True]),  # mean 95.1%, t low 75%
+        # A base that answers ~nothing is no baseline: 1 of 40 right makes any share noise.
+        ((0.05, 0.025, 0.05), 1.0, (0.05, 0.025, 0.05), 1.0, [False, None, None, None]),
     ],
 )
 def test_targets_from_a_results_file(tmp_path, full, naive, fa_lora, kv_lora, expected):
@@ -557,6 +559,8 @@ def test_targets_from_a_results_file(tmp_path, full, naive, fa_lora, kv_lora, ex
     targets = evaluate_targets(summarize(read_rows([tmp_path]), resamples=300), "fa", FA_NAME, "SWA 512")
     assert [t["met"] for t in targets] == expected
     assert "no FA + LoRA nofa" in targets[3]["evidence"] and "SWA 512 + LoRA fa" not in targets[3]["evidence"]
+    if expected[1] is None:
+        assert all(t["evidence"].startswith("not decided: full attention answers 4.2%") for t in targets[1:])
 
 
 FA_NAME = "SWA 512 + sinks 32 + FA decode"

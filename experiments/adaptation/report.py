@@ -154,7 +154,8 @@ def targets_table(targets: list[dict]) -> str:
     word = {True: "**met**", False: "**missed**", None: "not run"}
     sure = {True: "both on the verdict's side", False: "an interval crosses the threshold", None: ""}
     lines = ["| target | verdict | intervals | evidence |", "| --- | --- | --- | --- |"]
-    lines += [f"| {t['target']} | {word[t['met']]} | {sure[t['interval_agrees']]} | {t['evidence']} |" for t in targets]
+    verdict = lambda t: "not decided" if t["evidence"].startswith("not decided") else word[t["met"]]  # noqa: E731
+    lines += [f"| {t['target']} | {verdict(t)} | {sure[t['interval_agrees']]} | {t['evidence']} |" for t in targets]
     return "\n".join(lines)
 
 

@@ -323,6 +323,14 @@ def _fmt(record: dict | None, relative: bool = False) -> str:
     )
 
 
+def _fmt_relative(record: dict | None) -> str:
+    return _fmt(record) if record is None else f"{_fmt(record, relative=True)} of full attention"
+
+
+# Below this in-range accuracy, full attention is no baseline for the relative targets.
+NO_BASELINE = 0.10
+
+
 def evaluate_targets(
     summary: list[dict], fa_decode_lora: str, fa_decode_setting: str, naive_setting: str
 ) -> list[dict]:
@@ -337,6 +345,8 @@ def evaluate_targets(
       lower bounds above 90%;
     - some setting saving >= 50% of the KV cache, with a LoRA trained under that same setting,
       >= 50% of full attention (the best such setting is named; all candidates are listed).
+    The three relative targets are not decided (None) while full attention answers under
+    NO_BASELINE of the in-range questions.
     """
     subset = "in range"
     full = find(summary, *REFERENCE, subset)
@@ -375,7 +385,7 @@ def evaluate_targets(
             "target": "naive SWA < 10% of full attention",
             "met": verdict(naive and naive["relative"] is not None and naive["relative"] < 0.10, naive),
             "interval_agrees": agrees(naive, "relative_", 0.10, False),
-            "evidence": f"{naive_setting}: {_fmt(naive, relative=True)} of full attention",
+            "evidence": f"{naive_setting}: {_fmt_relative(naive)}",
         },
         {
             "target": "SWAA + LoRA with FA decode >= 95% of full attention, interval above 90%",
@@ -387,7 +397,7 @@ def evaluate_targets(
                 swaa,
             ),
             "interval_agrees": agrees(swaa, "relative_", 0.90, True),
-            "evidence": f"{fa_decode_setting} + LoRA {fa_decode_lora}: {_fmt(swaa, relative=True)} of full attention",
+            "evidence": f"{fa_decode_setting} + LoRA {fa_decode_lora}: {_fmt_relative(swaa)}",
         },
         {
             "target": "a setting saving >= 50% of the KV cache, with LoRA, >= 50% of full attention",
@@ -401,4 +411,11 @@ def evaluate_targets(
             or "no LoRA row saves >= 50% of the KV cache",
         },
     ]
+    if full is not None and full["mean"] < NO_BASELINE:
+        # A share of a model that answers almost nothing is noise (1 of 3 right is "33%"): the
+        # relative targets are not decided, their rows are still reported.
+        for target in targets[1:]:
+            if target["met"] is not None:
+                target["evidence"] = f"not decided: full attention answers {_fmt(full)}; {target['evidence']}"
+                target["met"] = target["interval_agrees"] = None
     return targets
