@@ -792,6 +792,27 @@ def test_a_lane_leaves_what_would_end_after_the_deadline(tmp_path, monkeypatch):
     assert study_module.run_tasks(study, 1, ["base_ladder"], None) == [] and ran == []
 
 
+def test_a_lane_past_the_deadline_is_stopped(tmp_path, monkeypatch):
+    import dataclasses
+    import time
+
+    import yaml
+
+    from experiments.adaptation.study import Estimates, run_parallel
+
+    monkeypatch.chdir(tmp_path)
+    # Every estimate 0: the lane starts pretraining, which takes longer than the 1-s deadline.
+    zero = Estimates(**{f.name: 0.0 for f in dataclasses.fields(Estimates)})
+    study = dataclasses.replace(toy_study(tmp_path / "study"), seeds=[0], estimates=zero)
+    study_path = tmp_path / "study.yaml"
+    study_path.write_text(yaml.safe_dump(dataclasses.asdict(study)))
+    lines = []
+    started = time.monotonic()
+    done = run_parallel(study, str(study_path), ["pretrain"], deadline_s=1.0, grace_s=0.0, log=lines.append)
+    assert done == {0: []} and any("stopped at the deadline" in line for line in lines)
+    assert not study.rows_path(0, "pretrain").exists() and time.monotonic() - started < 30
+
+
 @pytest.mark.slow
 def test_seeds_side_by_side_give_the_rows_of_the_serial_run(tmp_path, monkeypatch):
     import dataclasses

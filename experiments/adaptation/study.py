@@ -26,6 +26,7 @@ import functools
 import gc
 import json
 import os
+import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -601,6 +602,7 @@ def run_parallel(
     deadline_s: float | None = None,
     slowdown: float = 1.0,
     log=print,
+    grace_s: float = 30.0,
 ) -> dict[int, list[str]]:
     """The `tasks` of every seed, as lanes of `split_lanes` run side by side (one process each,
     `run_study lanes`), each stopping before a task it could not end within `deadline_s`.
@@ -625,15 +627,18 @@ def run_parallel(
         command += ["--deadline", str(deadline)] if deadline else []
         log(f"lane {number}: seed {seed}: {', '.join(lane)} (log {log_path})")
         with open(log_path, "a") as out:
-            procs.append((number, log_path, subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)))
+            # Its own process group: a lane stopped at the deadline takes its data workers with it.
+            process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+            procs.append((number, log_path, process))
     for number, log_path, proc in procs:
-        # A lane that overruns its estimates is stopped 30 s after the deadline; its task's rows are
-        # written only once complete, so a rerun redoes just that task.
-        left = None if deadline is None else max(deadline + 30 - time.time(), 1)
+        # A lane that overruns its estimates is stopped grace_s after the deadline; its task's rows
+        # are written only once complete, so a rerun redoes just that task.
+        left = None if deadline is None else max(deadline + grace_s - time.time(), 0.1)
         try:
             code = proc.wait(timeout=left)
         except subprocess.TimeoutExpired:
-            proc.kill()
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
             code = "stopped at the deadline"
         tail = log_path.read_text(errors="replace").splitlines()[-5:]
         log(f"lane {number}: exit {code}\n  " + "\n  ".join(tail))
