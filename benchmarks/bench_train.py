@@ -199,8 +199,7 @@ class BenchSetup:
             swaa_config=self.recipe.swaa,
             base_model=f"random-init {self.model_type} shape",
         )
-        if args.activation_offloading:
-            limit_offloading(trainer, offload_limit_bytes(memory))
+        limit_offloading(trainer, offload_limit_bytes(memory))  # a no-op without activation offloading
         self.model = trainer.model  # the PEFT model from now on
         self.liger_applied |= bool(args.use_liger_kernel)
         self.trainers[technique] = trainer

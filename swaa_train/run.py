@@ -233,8 +233,7 @@ def build_trainer(recipe: Recipe, raw: dict | None = None) -> SWAATrainer:
         recipe_raw=resolved_recipe(recipe, raw) if raw is not None else None,
         write_model_card=recipe.export.model_card,
     )
-    if training.activation_offloading:
-        limit_offloading(trainer, offload_limit_bytes(recipe.memory))
+    limit_offloading(trainer, offload_limit_bytes(recipe.memory))  # a no-op without activation offloading
     return trainer
 
 
