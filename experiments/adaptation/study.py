@@ -548,6 +548,10 @@ def data_needed(study: StudyConfig, tasks: list[str]) -> list[str]:
     return list(dict.fromkeys(names))
 
 
+def has_base(study: StudyConfig, seed: int) -> bool:
+    return (study.seed_dir(seed) / "base" / "config.json").is_file()
+
+
 def split_lanes(study: StudyConfig, tasks: list[str], lanes_per_seed: int) -> list[tuple[int, list[str]]]:
     """(seed, tasks) per lane. A seed whose base is not there yet gets one lane (pretraining
     first); otherwise its tasks not yet done are dealt over `lanes_per_seed` lanes, longest
@@ -557,8 +561,7 @@ def split_lanes(study: StudyConfig, tasks: list[str], lanes_per_seed: int) -> li
         todo = [t for t in study.tasks() if t in tasks and not study.rows_path(seed, t).is_file()]
         if not todo:
             continue
-        has_base = (study.seed_dir(seed) / "base" / "config.json").is_file()
-        if "pretrain" in todo or not has_base or lanes_per_seed <= 1:
+        if "pretrain" in todo or not has_base(study, seed) or lanes_per_seed <= 1:
             lanes.append((seed, todo))
             continue
         dealt: list[list[str]] = [[] for _ in range(min(lanes_per_seed, len(todo)))]
@@ -576,8 +579,7 @@ def run_tasks(study: StudyConfig, seed: int, tasks: list[str], deadline: float |
         if study.rows_path(seed, task).is_file():
             done.append(task)
             continue
-        needs_base = task != "pretrain" and not (study.seed_dir(seed) / "base" / "config.json").is_file()
-        if needs_base and not (study.seed_dir(seed) / "chunks").is_dir():
+        if task != "pretrain" and not has_base(study, seed) and not (study.seed_dir(seed) / "chunks").is_dir():
             logger.warning("Seed %d: no base, so %s is left for a later run", seed, task)
             continue
         expected = estimate_s(study, task)
@@ -605,7 +607,7 @@ def run_parallel(
     grace_s: float = 30.0,
 ) -> dict[int, list[str]]:
     """The `tasks` of every seed, as lanes of `split_lanes` run side by side (one process each,
-    `run_study lanes`), each stopping before a task it could not end within `deadline_s`.
+    `run_study lane`), each stopping before a task it could not end within `deadline_s`.
     Each lane's log goes to seed{N}/logs/. Returns, per seed, the tasks with rows."""
     import subprocess
     import sys
