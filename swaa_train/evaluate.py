@@ -278,34 +278,19 @@ def generate_responses(
 ) -> list[Response] | tuple[list[Response], dict | None]:
     """Greedy responses to `prompts` under the model's SWAA settings, each with whether
     `max_new_tokens` cut it off (batched shortest first, returned in input order)."""
-    from tqdm.auto import tqdm
+    from .inference import format_prompt, generate_in_batches
 
-    from .inference import format_prompt, generate_ids
-
-    encoded = [tokenizer(format_prompt(tokenizer, p), add_special_tokens=False)["input_ids"] for p in prompts]
-    order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
+    texts = [format_prompt(tokenizer, p) for p in prompts]
+    new_ids, largest = generate_in_batches(
+        model, tokenizer, texts, max_new_tokens, batch_size, progress, desc, **generate_kwargs
+    )
     stop = _stop_ids(model, tokenizer)
-    generate_kwargs.setdefault("pad_token_id", tokenizer.pad_token_id)
-    device = next(model.parameters()).device
-    responses: list[Response | None] = [None] * len(prompts)
-    largest = None
-    for start in tqdm(range(0, len(order), batch_size), desc=desc, disable=not progress):
-        rows = order[start : start + batch_size]
-        batch = tokenizer.pad({"input_ids": [encoded[i] for i in rows]}, padding_side="left", return_tensors="pt")
-        result = generate_ids(
-            model,
-            batch["input_ids"].to(device),
-            batch["attention_mask"].to(device),
-            max_new_tokens=max_new_tokens,
-            **generate_kwargs,
-        )
-        for i, ids in zip(rows, result.sequences.tolist()):
-            end = next((k for k, token in enumerate(ids) if token in stop), None)
-            kept = ids if end is None else ids[:end]
-            text = tokenizer.decode(kept, skip_special_tokens=True).strip()
-            responses[i] = Response(text, truncated=end is None and len(ids) >= max_new_tokens, new_tokens=len(kept))
-        if result.memory and (largest is None or result.memory["full_cache_bytes"] > largest["full_cache_bytes"]):
-            largest = result.memory
+    responses = []
+    for ids in new_ids:
+        end = next((k for k, token in enumerate(ids) if token in stop), None)
+        kept = ids if end is None else ids[:end]
+        text = tokenizer.decode(kept, skip_special_tokens=True).strip()
+        responses.append(Response(text, truncated=end is None and len(ids) >= max_new_tokens, new_tokens=len(kept)))
     return (responses, largest) if return_memory else responses
 
 

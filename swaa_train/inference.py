@@ -352,6 +352,44 @@ def format_prompt(tokenizer: PreTrainedTokenizerBase, text: str, system_prompt: 
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
+def generate_in_batches(
+    model,
+    tokenizer: PreTrainedTokenizerBase,
+    texts: list[str],
+    max_new_tokens: int,
+    batch_size: int,
+    progress: bool = False,
+    desc: str = "generate",
+    **generate_kwargs,
+) -> tuple[list[list[int]], dict | None]:
+    """The new token ids for each of `texts` (formatted prompts), in input order, batched shortest
+    first to waste little on padding; and the KV-cache memory report of the batch with the largest
+    cache (None when no batch had one)."""
+    from tqdm.auto import tqdm
+
+    encoded = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    order = sorted(range(len(texts)), key=lambda i: len(encoded[i]))
+    generate_kwargs.setdefault("pad_token_id", tokenizer.pad_token_id)
+    device = next(model.parameters()).device
+    new_ids: list[list[int]] = [[] for _ in texts]
+    largest = None
+    for start in tqdm(range(0, len(order), batch_size), desc=desc, disable=not progress):
+        rows = order[start : start + batch_size]
+        batch = tokenizer.pad({"input_ids": [encoded[i] for i in rows]}, padding_side="left", return_tensors="pt")
+        result = generate_ids(
+            model,
+            batch["input_ids"].to(device),
+            batch["attention_mask"].to(device),
+            max_new_tokens=max_new_tokens,
+            **generate_kwargs,
+        )
+        for i, ids in zip(rows, result.sequences.tolist()):
+            new_ids[i] = ids
+        if result.memory and (largest is None or result.memory["full_cache_bytes"] > largest["full_cache_bytes"]):
+            largest = result.memory
+    return new_ids, largest
+
+
 def generate(
     model,
     tokenizer: PreTrainedTokenizerBase,
@@ -369,31 +407,11 @@ def generate(
 
     With `return_memory`, also the KV-cache memory report of the batch with the largest cache.
     """
-    from tqdm.auto import tqdm
-
     texts = [format_prompt(tokenizer, p) if chat else p for p in prompts]
-    encoded = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
-    order = sorted(range(len(texts)), key=lambda i: len(encoded[i]))
-    responses: list[str] = [""] * len(texts)
-    generate_kwargs.setdefault("pad_token_id", tokenizer.pad_token_id)
-    device = next(model.parameters()).device
-    batches = range(0, len(order), batch_size)
-    largest = None  # memory report of the batch with the largest cache, logged once at the end
-    for start in tqdm(batches, desc=desc, disable=not progress):
-        rows = order[start : start + batch_size]
-        batch = tokenizer.pad({"input_ids": [encoded[i] for i in rows]}, padding_side="left", return_tensors="pt")
-        result = generate_ids(
-            model,
-            batch["input_ids"].to(device),
-            batch["attention_mask"].to(device),
-            max_new_tokens=max_new_tokens,
-            use_cache=use_cache,
-            **generate_kwargs,
-        )
-        for i, ids in zip(rows, result.sequences):
-            responses[i] = tokenizer.decode(ids, skip_special_tokens=True).strip()
-        if result.memory and (largest is None or result.memory["full_cache_bytes"] > largest["full_cache_bytes"]):
-            largest = result.memory
+    new_ids, largest = generate_in_batches(
+        model, tokenizer, texts, max_new_tokens, batch_size, progress, desc, use_cache=use_cache, **generate_kwargs
+    )
+    responses = [tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in new_ids]
     if largest and largest["sliding_cache_layers"]:
         logger.info("%s: largest batch: %s", desc, describe_memory(largest))
     return (responses, largest) if return_memory else responses
