@@ -615,11 +615,11 @@ def run_parallel(
     unknown = set(tasks) - set(study.tasks())
     if unknown:
         raise ValueError(f"unknown tasks {sorted(unknown)}; tasks: {study.tasks()}")
+    deadline = time.time() + deadline_s if deadline_s else None  # the data's time counts too
     # Once, before the lanes that read it start, with every core (the lanes share them: num_proc each).
     ensure_data(dataclasses.replace(study, num_proc=os.cpu_count()), data_needed(study, tasks))
     root = str(Path(__file__).resolve().parents[2])  # the checkout: `experiments` from any directory
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
-    deadline = time.time() + deadline_s if deadline_s else None
     procs = []
     for number, (seed, lane) in enumerate(split_lanes(study, tasks, lanes_per_seed)):
         log_path = study.seed_dir(seed) / "logs" / f"lane{number}.log"
