@@ -71,55 +71,44 @@ def kind_of(opcode: str) -> str:
 
 def summarize(path: str) -> str:
     """Markdown: per kernel, the share of warp samples on each instruction kind, and the three
-    largest stall reasons of each kind. Reads `ncu --page source --csv --print-source sass`."""
-    text = open(path, encoding="utf-8").read().splitlines()
-    # The CSV holds one block per kernel, each preceded by a line naming the kernel.
-    blocks, name, rows = [], None, []
-    for line in text:
-        if line.startswith('"#"') or line.startswith('"Address"') or line.startswith("#") and "," in line[:12]:
-            rows.append(line)
-        elif line.strip() and not line.startswith('"'):
-            if rows:
-                blocks.append((name, rows))
-            name, rows = line.strip(), []
-        else:
-            rows.append(line)
-    if rows:
-        blocks.append((name, rows))
+    largest stall reasons of each kind. Reads `ncu --page source --csv --print-source sass`: one
+    block per kernel, a `"Kernel Name","<name>"` line, then a header and one row per instruction."""
+    blocks: list[tuple[str, list[str]]] = []
+    for line in open(path, encoding="utf-8").read().splitlines():
+        if line.startswith('"Kernel Name"'):
+            blocks.append((next(csv.reader([line]))[1], []))
+        elif blocks:
+            blocks[-1][1].append(line)
     out = []
     for name, lines in blocks:
         reader = csv.DictReader(lines)
-        if not reader.fieldnames or "Source" not in reader.fieldnames:
+        fields = reader.fieldnames or []
+        sample_col = "Warp Stall Sampling (All Samples)"
+        if "Source" not in fields or sample_col not in fields:
             continue
-        sample_col = next((f for f in reader.fieldnames if f.startswith("Warp Stall Sampling (All")), None)
-        if sample_col is None:
-            continue
-        stall_cols = [
-            f for f in reader.fieldnames if f.startswith("stall_") or f.startswith("smsp__pcsamp_warps_issue_stalled")
-        ]
-        per_kind = defaultdict(float)
-        per_stall = defaultdict(lambda: defaultdict(float))
-        total = 0.0
+        stall_cols = [f for f in fields if f.startswith("stall_") and not f.endswith("(Not Issued)")]
+        per_kind: dict[str, float] = defaultdict(float)
+        per_stall: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
         for row in reader:
-            opcode = (row["Source"].strip().split() or [""])[0]
-            if opcode.startswith("@"):  # predicated: the opcode is the next word
-                opcode = (row["Source"].strip().split() + ["", ""])[1]
-            samples = float(row.get(sample_col) or 0)
-            kind = kind_of(opcode)
-            per_kind[kind] += samples
-            total += samples
+            words = row["Source"].split()
+            words = words[1:] if words and words[0].startswith("@") else words  # predicate guard
+            kind = kind_of(words[0] if words else "")
+            per_kind[kind] += float(row[sample_col] or 0)
             for col in stall_cols:
-                per_stall[kind][col] += float(row.get(col) or 0)
+                per_stall[kind][col.removeprefix("stall_")] += float(row[col] or 0)
+        total = sum(per_kind.values())
         if not total:
             continue
-        out.append(
-            f"### {name}\n\n| instruction kind | share of warp samples | largest stall reasons |\n| --- | --- | --- |"
-        )
+        stalls = defaultdict(float)
+        for reasons in per_stall.values():
+            for reason, value in reasons.items():
+                stalls[reason] += value
+        overall = ", ".join(f"{r} {v / total:.0%}" for r, v in sorted(stalls.items(), key=lambda kv: -kv[1])[:6])
+        out += [f"### {name}", "", f"All samples: {overall}.", ""]
+        out += ["| instruction kind | share of warp samples | largest stall reasons there |", "| --- | --- | --- |"]
         for kind, samples in sorted(per_kind.items(), key=lambda kv: -kv[1]):
             top = sorted(per_stall[kind].items(), key=lambda kv: -kv[1])[:3]
-            reasons = ", ".join(
-                f"{c.split('stalled_')[-1].removeprefix('stall_')} {v / samples:.0%}" for c, v in top if v
-            )
+            reasons = ", ".join(f"{reason} {value / samples:.0%}" for reason, value in top if value)
             out.append(f"| {kind} | {samples / total:.1%} | {reasons} |")
         out.append("")
     return "\n".join(out) if out else "no per-instruction warp samples found in " + path
