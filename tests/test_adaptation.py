@@ -813,6 +813,41 @@ def test_a_lane_past_the_deadline_is_stopped(tmp_path, monkeypatch):
     assert not study.rows_path(0, "pretrain").exists() and time.monotonic() - started < 30
 
 
+def test_at_most_max_running_lanes_run_at_once(tmp_path, monkeypatch):
+    """Lanes beyond max_running wait for a free place (six LoRA lanes ran out of one GPU's memory)."""
+    import dataclasses
+    import subprocess
+
+    import experiments.adaptation.study as study_module
+
+    monkeypatch.chdir(tmp_path)
+    study = dataclasses.replace(toy_study(tmp_path / "study"), seeds=[0, 1, 2])
+    monkeypatch.setattr(study_module, "ensure_data", lambda *a, **k: None)
+    state = {"running": 0, "most": 0, "started": []}
+
+    class FakeLane:  # a lane process that runs for three polls
+        def __init__(self, command, **kwargs):
+            self.pid, self.polls, self.returncode = 0, 0, None
+            state["running"] += 1
+            state["most"] = max(state["most"], state["running"])
+            state["started"].append(command[command.index("--seed") + 1])
+
+        def poll(self):
+            self.polls += 1
+            if self.polls == 3 and self.returncode is None:
+                self.returncode = 0
+                state["running"] -= 1
+            return self.returncode
+
+    monkeypatch.setattr(subprocess, "Popen", FakeLane)
+    lines = []
+    study_module.run_parallel(study, "study.yaml", ["pretrain"], max_running=2, poll_s=0.0, log=lines.append)
+    assert state["most"] == 2 and state["started"] == ["0", "1", "2"] and state["running"] == 0
+    assert sum("exit 0" in line for line in lines) == 3
+    with pytest.raises(ValueError, match="max_running"):
+        study_module.run_parallel(study, "study.yaml", ["pretrain"], max_running=0)
+
+
 @pytest.mark.slow
 def test_seeds_side_by_side_give_the_rows_of_the_serial_run(tmp_path, monkeypatch):
     import dataclasses

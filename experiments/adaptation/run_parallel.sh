@@ -5,7 +5,9 @@
 #   LANES=2 bash experiments/adaptation/run_parallel.sh base_kv,arm:fa_decode,arm:no_fa 540
 # A rerun skips the tasks that have rows, so a second call on the same machine carries on.
 # With CUDA MPS available the lanes share the GPU through it (MPS=off: plain time-slicing).
-# PYTHON names the interpreter (default python3).
+# PYTHON names the interpreter (default python3). At most MAX_LANES lanes run at once: by default
+# the GPU's memory over LANE_GIB (36: the peak of one lane training a LoRA on 64k-token rows), so 3
+# on a 140-GiB H200, where six lanes ran out of memory; the others start as places free up.
 # With OUT set, every seed's rows and logs (no weights) are packed into $OUT/study-results.tgz,
 # laid out as under outputs/adaptation/.
 set -uo pipefail
@@ -31,9 +33,18 @@ if [ "${MPS:-auto}" != off ] && command -v nvidia-cuda-mps-control >/dev/null; t
 fi
 echo "=== MPS $mps"
 
+max_lanes=${MAX_LANES:-}
+if [ -z "$max_lanes" ] && command -v nvidia-smi >/dev/null; then
+  mib=$(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits | head -1)
+  max_lanes=$(( mib / (${LANE_GIB:-36} * 1024) ))
+  [ "$max_lanes" -ge 1 ] || max_lanes=1
+fi
+echo "=== at most ${max_lanes:-all} lanes at once"
+
 left=$(( DEADLINE_S - ($(date +%s) - start) ))
 "$PYTHON" -m experiments.adaptation.run_study parallel --study "$STUDY" --tasks "$TASKS" \
-  --lanes-per-seed "${LANES:-1}" --deadline-s "$left" --slowdown "${SLOWDOWN:-1.6}"
+  --lanes-per-seed "${LANES:-1}" --deadline-s "$left" --slowdown "${SLOWDOWN:-1.6}" \
+  ${max_lanes:+--max-running "$max_lanes"}
 status=$?
 [ "$mps" = on ] && echo quit | nvidia-cuda-mps-control
 if [ -n "${OUT:-}" ]; then

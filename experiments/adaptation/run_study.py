@@ -57,6 +57,7 @@ def main() -> None:
     parser.add_argument("--deadline-s", type=float, help="parallel: start no task that would end after this")
     parser.add_argument("--deadline", type=float, help="lane: the same, as time.time() seconds")
     parser.add_argument("--slowdown", type=float, default=1.0, help="parallel, lane: estimates x this (shared GPU)")
+    parser.add_argument("--max-running", type=int, help="parallel: lanes at once (default: all; GPU memory)")
     parser.add_argument("--resamples", type=int, default=2000, help="report: bootstrap resamples")
     args = parser.parse_args()
     study = StudyConfig.load(args.study)
@@ -80,7 +81,10 @@ def main() -> None:
                 parser.error("lane needs --seed")
             run_tasks(study, args.seed, tasks, args.deadline, args.slowdown)
         else:
-            done = run_parallel(study, args.study, tasks, args.lanes_per_seed, args.deadline_s, args.slowdown)
+            done = run_parallel(
+                study, args.study, tasks, args.lanes_per_seed, args.deadline_s, args.slowdown,
+                max_running=args.max_running,
+            )  # fmt: skip
             sys.stdout.write(json.dumps(done) + "\n")
     elif args.action == "collect-all":
         if not args.to:

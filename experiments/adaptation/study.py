@@ -605,23 +605,31 @@ def run_parallel(
     slowdown: float = 1.0,
     log=print,
     grace_s: float = 30.0,
+    max_running: int | None = None,
+    poll_s: float = 1.0,
 ) -> dict[int, list[str]]:
     """The `tasks` of every seed, as lanes of `split_lanes` run side by side (one process each,
-    `run_study lane`), each stopping before a task it could not end within `deadline_s`.
-    Each lane's log goes to seed{N}/logs/. Returns, per seed, the tasks with rows."""
+    `run_study lane`), each stopping before a task it could not end within `deadline_s`. At most
+    `max_running` lanes run at once (the GPU's memory: six lanes of LoRA training ran out of an
+    H200's 140 GiB); the others wait for a free place. Each lane's log goes to seed{N}/logs/.
+    Returns, per seed, the tasks with rows."""
     import subprocess
     import sys
 
     unknown = set(tasks) - set(study.tasks())
     if unknown:
         raise ValueError(f"unknown tasks {sorted(unknown)}; tasks: {study.tasks()}")
+    if max_running is not None and max_running < 1:
+        raise ValueError(f"max_running must be at least 1, got {max_running}")
     deadline = time.time() + deadline_s if deadline_s else None  # the data's time counts too
     # Once, before the lanes that read it start, with every core (the lanes share them: num_proc each).
     ensure_data(dataclasses.replace(study, num_proc=os.cpu_count()), data_needed(study, tasks))
     root = str(Path(__file__).resolve().parents[2])  # the checkout: `experiments` from any directory
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
-    procs = []
-    for number, (seed, lane) in enumerate(split_lanes(study, tasks, lanes_per_seed)):
+    waiting = list(enumerate(split_lanes(study, tasks, lanes_per_seed)))
+    running = []
+
+    def start(number: int, seed: int, lane: list[str]):
         log_path = study.seed_dir(seed) / "logs" / f"lane{number}.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
         command = [sys.executable, "-m", "experiments.adaptation.run_study", "lane", "--study", study_path]
@@ -631,19 +639,32 @@ def run_parallel(
         with open(log_path, "a") as out:
             # Its own process group: a lane stopped at the deadline takes its data workers with it.
             process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-            procs.append((number, log_path, process))
-    for number, log_path, proc in procs:
-        # A lane that overruns its estimates is stopped grace_s after the deadline; its task's rows
-        # are written only once complete, so a rerun redoes just that task.
-        left = None if deadline is None else max(deadline + grace_s - time.time(), 0.1)
-        try:
-            code = proc.wait(timeout=left)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-            code = "stopped at the deadline"
+        running.append((number, log_path, process))
+
+    def finish(number: int, log_path: Path, code):
         tail = log_path.read_text(errors="replace").splitlines()[-5:]
         log(f"lane {number}: exit {code}\n  " + "\n  ".join(tail))
+
+    while waiting or running:
+        while waiting and (max_running is None or len(running) < max_running):
+            number, (seed, lane) = waiting.pop(0)
+            start(number, seed, lane)
+        for entry in [e for e in running if e[2].poll() is not None]:
+            running.remove(entry)
+            finish(entry[0], entry[1], entry[2].returncode)
+        # A lane that overruns its estimates is stopped grace_s after the deadline; its task's rows
+        # are written only once complete, so a rerun redoes just that task.
+        if deadline is not None and time.time() > deadline + grace_s:
+            for number, log_path, process in running:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+                finish(number, log_path, "stopped at the deadline")
+            running = []
+            for number, (seed, lane) in waiting:
+                log(f"lane {number}: seed {seed}: not started before the deadline: {', '.join(lane)}")
+            waiting = []
+        if running:
+            time.sleep(poll_s)
     return {seed: [t for t in study.tasks() if study.rows_path(seed, t).is_file()] for seed in study.seeds}
 
 
