@@ -566,6 +566,29 @@ def test_targets_from_a_results_file(tmp_path, full, naive, fa_lora, kv_lora, ex
 FA_NAME = "SWA 512 + sinks 32 + FA decode"
 
 
+def test_targets_not_decided_on_rows_of_fewer_seeds(tmp_path):
+    """A half-run study (a LoRA on one seed of three) gives numbers, not a verdict."""
+    from experiments.adaptation.stats import evaluate_targets, summarize
+
+    three = {s: (0.9, 0.0) for s in range(3)}
+    rows = synthetic_rows(
+        {
+            ("none", "full attention"): (FULL, None, three),
+            ("none", "SWA 512"): (NAIVE, None, {s: (0.0, 0.0) for s in range(3)}),
+            ("fa", FA_NAME): (FA, "x", {0: (0.9, 0.0)}),  # only seed 0 trained its LoRA
+            ("nofa", "no FA"): (NO_FA, "no FA", {0: (0.9, 0.0), 1: (0.0, 0.0)}),
+        },
+        questions=40,
+    )
+    summary = summarize(rows, resamples=100)
+    targets = evaluate_targets(summary, "fa", FA_NAME, "SWA 512", min_seeds=3)
+    assert [t["met"] for t in targets] == [True, True, None, None]
+    assert targets[2]["evidence"].startswith("not decided: 1 of 3 seeds")
+    assert targets[3]["evidence"].startswith("not decided: 2 of 3 seeds")
+    # The same rows without the rule: the one seed's LoRA would decide.
+    assert evaluate_targets(summary, "fa", FA_NAME, "SWA 512")[2]["met"] is True
+
+
 def test_compare_pairs_seeds_and_questions():
     import numpy as np
 

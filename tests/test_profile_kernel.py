@@ -3,7 +3,9 @@ into instruction kinds and stall reasons (no GPU needed)."""
 
 from benchmarks.profile_kernel import kind_of, summarize
 
-HEADER = '"Address","Source","Warp Stall Sampling (All Samples)","stall_barrier","stall_mio","stall_barrier (Not Issued)"'
+HEADER = (
+    '"Address","Source","Warp Stall Sampling (All Samples)","stall_barrier","stall_mio","stall_barrier (Not Issued)"'
+)
 
 
 def test_summarize_folds_samples_by_instruction_kind(tmp_path):

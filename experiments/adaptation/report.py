@@ -192,7 +192,9 @@ def plot_ladder(summary: list[dict], ladder: list[str], lora: str, path: Path, s
         if not records:
             continue
         ax.bar(xs, [100 * r["mean"] for r in records], width=0.36, color=color, alpha=0.6, label=f"LoRA: {who}")
-        _errorbar(ax, xs, records, fmt="none", ecolor="k", lw=1.2)
+        with_t = [(x, r) for x, r in zip(xs, records) if r["t_interval"][0] is not None]  # 2+ seeds
+        if with_t:
+            _errorbar(ax, [x for x, _ in with_t], [r for _, r in with_t], fmt="none", ecolor="k", lw=1.2)
         for x, r in zip(xs, records):
             low, high = r["bootstrap_interval"]
             ax.plot([x + 0.08, x + 0.08], [100 * low, 100 * high], color="tab:red", lw=2, alpha=0.7)
@@ -316,7 +318,7 @@ def write_study_report(
     num_layers = rows[0]["num_layers"]
     names = _names(study, num_layers)
     lora = study.ladder_arm.name
-    targets = evaluate_targets(summary, lora, names["fa_decode"], names["naive"])
+    targets = evaluate_targets(summary, lora, names["fa_decode"], names["naive"], min_seeds=len(study.seeds))
     keys = [(NO_LORA, n) for n in names["ladder"]] + [(lora, n) for n in names["ladder"][3:]]
     keys += [(NO_LORA, setting_name(a.swaa)) for a in study.arms if a.group == "kv"]
     keys += [(a.name, setting_name(a.swaa)) for a in study.arms if a.group == "kv"]

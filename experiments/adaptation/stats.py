@@ -332,7 +332,7 @@ NO_BASELINE = 0.10
 
 
 def evaluate_targets(
-    summary: list[dict], fa_decode_lora: str, fa_decode_setting: str, naive_setting: str
+    summary: list[dict], fa_decode_lora: str, fa_decode_setting: str, naive_setting: str, min_seeds: int = 1
 ) -> list[dict]:
     """The four targets of issue 14 on in-range questions, each met (True), missed (False) or not
     run (None) by its mean, with the numbers behind the verdict; `interval_agrees` says whether
@@ -346,7 +346,8 @@ def evaluate_targets(
     - some setting saving >= 50% of the KV cache, with a LoRA trained under that same setting,
       >= 50% of full attention (the best such setting is named; all candidates are listed).
     The three relative targets are not decided (None) while full attention answers under
-    NO_BASELINE of the in-range questions.
+    NO_BASELINE of the in-range questions, and no target is decided on a row of fewer than
+    `min_seeds` seeds (the study's seeds: a study half run gives no verdict, only its numbers).
     """
     subset = "in range"
     full = find(summary, *REFERENCE, subset)
@@ -360,7 +361,8 @@ def evaluate_targets(
         and r["setting"] == r["lora_setting"]
         and r["kv_cache_saved"] >= 0.5
     ]
-    best = max((r for r in own if r["relative"] is not None), key=lambda r: r["relative"], default=None)
+    complete = [r for r in own if len(r["seeds"]) >= min_seeds] or own  # a half-run row decides nothing
+    best = max((r for r in complete if r["relative"] is not None), key=lambda r: r["relative"], default=None)
     verdict = lambda ok, record: None if record is None else bool(ok)
 
     def agrees(record, prefix, threshold, above):
@@ -411,6 +413,10 @@ def evaluate_targets(
             or "no LoRA row saves >= 50% of the KV cache",
         },
     ]
+    for target, record in zip(targets, (full, naive, swaa, best)):
+        if record is not None and target["met"] is not None and len(record["seeds"]) < min_seeds:
+            target["evidence"] = f"not decided: {len(record['seeds'])} of {min_seeds} seeds; {target['evidence']}"
+            target["met"] = target["interval_agrees"] = None
     if full is not None and full["mean"] < NO_BASELINE:
         # A share of a model that answers almost nothing is noise (1 of 3 right is "33%"): the
         # relative targets are not decided, their rows are still reported.
