@@ -339,12 +339,50 @@ def distill_main(argv: list[str]) -> None:
     )
 
 
+def probe_main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(
+        prog="swaa-train probe-layers",
+        allow_abbrev=False,
+        description="Which layers to keep at full attention: chosen greedily by the loss of the answer tokens of "
+        "a few samples under the recipe's window, sinks and FA decode (swaa_train/layer_probe.py). Prints the "
+        "swaa.non_sliding_layers to train with.",
+    )
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--recipe", help="recipes/NAME.yaml by NAME, or a path to a YAML recipe")
+    source.add_argument("--config", metavar="FILE", help="path to a YAML recipe")
+    parser.add_argument("overrides", nargs="*", metavar="section.field=value", help="override recipe fields")
+    parser.add_argument("--samples", type=positive_int, default=16, help="samples scored (data.eval_path first)")
+    parser.add_argument(
+        "--budget", type=positive_int, default=None, help="layers to choose (default: len(swaa.non_sliding_layers))"
+    )
+    parser.add_argument("--out", default=None, help="also write every loss measured to this JSON file")
+    parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda when there is one)")
+    args = parser.parse_args(argv)
+    from .recipe import load_recipe
+
+    try:
+        recipe, _ = load_recipe(args.config or args.recipe, args.overrides)
+    except ValueError as err:
+        fail(parser.prog, err)
+    from .layer_probe import probe_recipe, write_probe
+
+    try:
+        result = probe_recipe(recipe, samples=args.samples, budget=args.budget, device=args.device)
+    except INPUT_ERRORS as err:
+        fail(parser.prog, err)
+    print(result.table())
+    print(f"\nTrain with: swaa.non_sliding_layers={sorted(result.chosen)}")
+    if args.out:
+        print(f"Every loss: {write_probe(result, args.out)}")
+
+
 COMMANDS = {
     "train": train_main,
     "merge": merge_main,
     "push": push_main,
     "eval": eval_main,
     "distill": distill_main,
+    "probe-layers": probe_main,
     "serve-args": serve_args_main,
     "serve": serve_main,
 }
