@@ -1,7 +1,8 @@
 """swaa-train: Sliding Window Attention Adaptation (SWAA, arXiv 2512.10411) by LoRA fine-tuning.
 
 The pipeline, one module each: swaa_config (the saved contract) -> recipe -> data ->
-attention / model / memory -> trainer -> run -> export / hub -> inference -> evaluate / distill;
+attention / model / memory -> trainer -> run -> export / hub -> inference -> evaluate / distill
+(layer_probe: which layers keep full attention);
 cli is the command line. The public API is below; heavy modules load on first use.
 """
 
@@ -25,6 +26,7 @@ _PUBLIC = {
     "merge_adapter": "export",
     "load_swaa_model": "inference",
     "generate": "inference",
+    "probe_full_layers": "layer_probe",
 }
 
 __all__ = ["__version__", *_PUBLIC]

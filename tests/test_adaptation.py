@@ -735,7 +735,16 @@ def test_study_end_to_end_on_a_tiny_model(tmp_path, monkeypatch):
     # The KV-saving arm's setting is evaluated without LoRA, with its LoRA, and with its LoRA + FA decode.
     expected |= {("none", "SWA 32 + sinks 4"), ("nofa_mix", "SWA 32 + sinks 4")}
     expected |= {("nofa_mix", "SWA 32 + sinks 4 + FA decode")}
+    # base_probe: the layer the probe chose on training rows, one name for every seed.
+    expected |= {("none", "SWA 32 + sinks 4 + 1 probed full layers")}
     assert {(r["lora"], r["setting"]) for r in rows} == expected
+    for seed in study.seeds:
+        probe = json.loads((study.seed_dir(seed) / "probe.json").read_text())
+        first = {int(k): v for k, v in probe["rounds"][0].items()}
+        assert probe["chosen"] == [min(first, key=first.get)] and set(first) == {0, 1}
+        probed = [r for r in rows if r["seed"] == seed and "probed" in r["setting"]]
+        assert {tuple(r["swaa"]["non_sliding_layers"]) for r in probed} == {tuple(probe["chosen"])}
+        assert all(r["probe_layers"] == probe["chosen"] and not r["swaa"]["force_fa_decode"] for r in probed)
     assert len(rows) == len(study.seeds) * len(expected) * len(eval_rows)
     for row in rows:
         question = eval_rows[row["index"]]
@@ -768,6 +777,7 @@ def test_study_end_to_end_on_a_tiny_model(tmp_path, monkeypatch):
     assert f"full attention: {100 * sum(full) / len(full):.1f}% (t [" in result["targets"][0]["evidence"]
     assert "SWA 32 + sinks 4 + LoRA nofa_mix (KV saved" in result["targets"][3]["evidence"]
     assert "| data | mix | nofa_mix | SWA 32 + sinks 4 |" in report and "| reference |" in report
+    assert "| SWA 32 + sinks 4 + 1 probed full layers |" in report and "Layers the probe chose" in report
     for name in ("ladder.png", "bins.png", "tradeoff.png"):
         assert (tmp_path / "report" / name).stat().st_size > 10_000
 

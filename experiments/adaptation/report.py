@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 
 from experiments.adaptation.stats import NO_LORA, REFERENCE, compare, evaluate_targets, find, summarize
-from experiments.adaptation.study import StudyConfig, setting_name
+from experiments.adaptation.study import PROBED, StudyConfig, setting_name
 from swaa_train.swaa_config import SWAAConfig
 
 
@@ -123,6 +123,42 @@ def arms_table(summary: list[dict], study: StudyConfig) -> str:
             f"| {arm.name} | {r['setting']} | {arm.group}{f': {arm.factor} = {arm.level}' if arm.factor else ''} | "
             f"{min(steps)}-{max(steps)} | {pct(rec['kv_cache_saved'], 0)} | {pct(rec['prefill_cost'])} | "
             f"{cell(r['base'])} | {cell(rec)} | {cell(rec, relative=True)} | {cell(r['lora_fa'])} |"
+        )
+    return "\n".join(lines)
+
+
+def placement_table(summary: list[dict], rows: list[dict]) -> str:
+    """The base (no LoRA) under every setting without FA decode that keeps some layers full, the
+    probed one included: per seed, mean and relative to full attention (in range), and the layers
+    the probe chose for each seed."""
+    records = [
+        r
+        for r in summary
+        if r["lora"] == NO_LORA
+        and r["subset"] == "in range"
+        and r["swaa"]["sliding_window_size"] is not None
+        and not r["swaa"]["force_fa_decode"]
+        and (r["swaa"]["non_sliding_layers"] or PROBED in r["setting"])
+    ]
+    if not records:
+        return "No base rows without FA decode."
+    seeds = sorted({s for r in records for s in r["seeds"]})
+    lines = [
+        f"| setting | KV saved | {' | '.join(f'seed {s}' for s in seeds)} | mean | vs full |",
+        "| --- | --- |" + " --- |" * (len(seeds) + 2),
+    ]
+    for r in sorted(records, key=lambda r: -r["kv_cache_saved"]):
+        by_seed = dict(zip(r["seeds"], r["per_seed"]))
+        per_seed = " | ".join(pct(by_seed[s]) if s in by_seed else "-" for s in seeds)
+        lines.append(
+            f"| {r['setting']} | {pct(r['kv_cache_saved'], 0)} | {per_seed} | {cell(r)} | {cell(r, relative=True)} |"
+        )
+    chosen = {r["seed"]: r["probe_layers"] for r in rows if r.get("probe_layers") is not None}
+    if chosen:
+        lines.append(
+            "\nLayers the probe chose (on LoRA training rows, not these questions): "
+            + "; ".join(f"seed {s}: {', '.join(map(str, layers))}" for s, layers in sorted(chosen.items()))
+            + "."
         )
     return "\n".join(lines)
 
@@ -322,6 +358,7 @@ def write_study_report(
     keys = [(NO_LORA, n) for n in names["ladder"]] + [(lora, n) for n in names["ladder"][3:]]
     keys += [(NO_LORA, setting_name(a.swaa)) for a in study.arms if a.group == "kv"]
     keys += [(a.name, setting_name(a.swaa)) for a in study.arms if a.group == "kv"]
+    keys += [(NO_LORA, r["setting"]) for r in summary if r["lora"] == NO_LORA and PROBED in r["setting"]]
     keys = list(dict.fromkeys(keys))
     # The plot: full attention, naive SWA, FA decode without and with its LoRA, the KV arms with their LoRAs.
     plotted = [k for k in keys if k[1] in (names["ladder"][0], names["naive"], names["fa_decode"]) or k[0] != NO_LORA]
@@ -343,6 +380,8 @@ def write_study_report(
             "## Per length bin and per depth bin (mean ± half the t interval, %; bootstrap intervals in summary.json)\n\n"
             + bins_table(summary, keys, length_bins + depth_bins),
             f"![bins]({plots['bins'].name})",
+            "## Which layers keep full attention, without FA decode and without LoRA (in-range questions)\n\n"
+            + placement_table(summary, rows),
             "## Every LoRA under its own setting (in-range questions)\n\n" + arms_table(summary, study),
             "## Recovery sweep without FA decode (in-range questions; differences paired by seed and question)\n\n"
             + sweep_table(summary, rows, study, resamples),

@@ -9,6 +9,10 @@ list of tasks per seed:
   into chunks so later jobs on other machines can rebuild it (ladder.pack_base);
 - `base_ladder`, `base_kv`: the base model, no LoRA, under the ladder and under every arm's
   own setting;
+- `base_probe`: the full-attention layers of the KV-saving setting chosen by
+  swaa_train.layer_probe on LoRA training rows (not the held-out questions), then the base, no
+  LoRA, under window + sinks + those layers, no FA decode, named PROBED (the same name for
+  every seed, whose layers differ);
 - `arm:NAME`: a LoRA trained by swaa_train's trainer under the arm's setting (LoRA seed = the
   study seed), evaluated under that setting and that setting with FA decode (the FA-decode arm:
   under the whole ladder).
@@ -44,6 +48,7 @@ from swaa_train.synthetic import write_parquet
 logger = logging.get_logger("swaa_train")
 
 NO_LORA = "none"
+PROBED = "probed"  # base_probe's setting names end in "+ N probed full layers"
 
 
 def setting_name(swaa: SWAAConfig) -> str:
@@ -98,6 +103,7 @@ class Estimates:
     """Seconds per unit of work on one H100, from the single-seed run of docs/adaptation.md."""
 
     job_start_s: float = field(default=40.0, metadata={"help": "Imports, eval/train data, unpacking the base."})
+    probe_forward_s: float = field(default=0.02, metadata={"help": "One probe forward of a training row."})
     pretrain_data_s: float = field(default=25.0, metadata={"help": "All pretraining data (16 processes)."})
     pretrain_extra_s: float = field(default=25.0, metadata={"help": "Model build, saving, packing."})
     pretrain_step_s: float = field(default=0.117, metadata={"help": "One pretraining step (2525 in 296 s)."})
@@ -142,6 +148,7 @@ class StudyConfig:
     lora_steps: int = field(default=200, metadata={"help": "LoRA steps of an arm that sets none."})
     lora_time_cap_s: float | None = field(default=300.0, metadata={"help": "Stop any LoRA after this long."})
     lora_overrides: list[str] = field(default_factory=list, metadata={"help": "Recipe overrides for every LoRA."})
+    probe_samples: int = field(default=16, metadata={"help": "base_probe: LoRA training rows the probe scores."})
     arms: list[Arm] = field(default_factory=list, metadata={"help": "The LoRAs (default: default_arms())."})
     sweep_reference: str = field(
         default="no_fa", metadata={"help": "The arm the recovery sweep varies (the sweep's reference)."}
@@ -218,8 +225,13 @@ class StudyConfig:
         with_fa = dataclasses.replace(arm.swaa, force_fa_decode=True)
         return [arm.swaa] if arm.swaa.force_fa_decode is True else [arm.swaa, with_fa]
 
+    def probe_setting(self) -> SWAAConfig:
+        """base_probe's setting before the probe: the ladder's window and sinks, no FA decode; the
+        probe chooses as many full layers as the ladder has."""
+        return SWAAConfig(self.window, self.sinks, False)
+
     def tasks(self) -> list[str]:
-        return ["pretrain", "base_ladder", "base_kv", *(f"arm:{a.name}" for a in self.arms)]
+        return ["pretrain", "base_ladder", "base_kv", "base_probe", *(f"arm:{a.name}" for a in self.arms)]
 
 
 def default_arms(window: int = 512, sinks: int = 32, full_layers: list[int] | None = None) -> list[Arm]:
@@ -262,6 +274,10 @@ def estimate_s(study: StudyConfig, task: str) -> float:
         return est.model_load_s + len(study.ladder(num_layers)) * q * est.eval_question_s
     if task == "base_kv":
         return est.model_load_s + len(study.kv_settings(num_layers)) * q * est.eval_question_s
+    if task == "base_probe":
+        budget = len(study.full_layers)
+        forwards = (2 + sum(num_layers - k for k in range(budget))) * study.probe_samples
+        return est.model_load_s + est.tokenize_s + forwards * est.probe_forward_s + q * est.eval_question_s
     arm = next(a for a in study.arms if f"arm:{a.name}" == task)
     steps = arm.steps or study.lora_steps
     train = min(steps * est.lora_step_s, study.lora_time_cap_s or float("inf"))
@@ -379,16 +395,26 @@ def question_info(eval_path: Path, tokenizer_dir: Path) -> tuple[dict, ...]:
 
 
 def evaluate(
-    study: StudyConfig, seed: int, base: Path, settings: list[SWAAConfig], out: Path, arm: Arm | None, extra: dict
+    study: StudyConfig,
+    seed: int,
+    base: Path,
+    settings: list[SWAAConfig],
+    out: Path,
+    arm: Arm | None,
+    extra: dict,
+    names: list[str] | None = None,
+    group: str | None = None,
 ) -> list[dict]:
-    """Evaluate `settings` (with `arm`'s adapter if given) and return the tagged rows."""
+    """Evaluate `settings` (with `arm`'s adapter if given) and return the tagged rows; `names`
+    replace the settings' spelled-out names, `group` the group of rows without an arm."""
     from swaa_train.evaluate import run_evaluation
 
     if not settings:
         return []
     eval_path = study.data_dir / "eval_bins.parquet"
     adapter = study.seed_dir(seed) / "adapters" / arm.name if arm else None
-    evals = [EvalSetting(setting_name(s), s, adapter=arm is not None) for s in settings]
+    names = names or [setting_name(s) for s in settings]
+    evals = [EvalSetting(name, s, adapter=arm is not None) for name, s in zip(names, settings)]
     summary = run_evaluation(
         str(base),
         str(eval_path),
@@ -416,7 +442,9 @@ def evaluate(
                 "setting": setting.name,
                 "swaa": setting.swaa.to_dict(),
                 "num_layers": num_layers,
-                "group": arm.group if arm else ("ladder" if setting.swaa in study.ladder(num_layers) else "kv"),
+                "group": arm.group
+                if arm
+                else group or ("ladder" if setting.swaa in study.ladder(num_layers) else "kv"),
                 "factor": arm.factor if arm else "",
                 "level": arm.level if arm else "",
                 **extra,
@@ -454,6 +482,30 @@ def train_arm(study: StudyConfig, seed: int, arm: Arm, base: Path) -> dict:
     return done
 
 
+def probe_base(study: StudyConfig, seed: int, base: Path) -> list[int]:
+    """swaa_train.layer_probe on the base: `probe_samples` LoRA training rows (the held-out
+    questions are not looked at), the probe setting, as many layers as the ladder keeps full.
+    The probe's every loss goes to seed{N}/probe.json."""
+    from swaa_train.data import build_sft_dataset, load_rows
+    from swaa_train.layer_probe import probe_full_layers, write_probe
+    from swaa_train.model import load_model, load_tokenizer
+    from swaa_train.recipe import ModelArgs
+
+    train = ensure_data(study, ["train"])["train"]
+    args = ModelArgs(name_or_path=str(base), dtype=study.dtype)
+    tokenizer = load_tokenizer(args)
+    rows = build_sft_dataset(load_rows(str(train)), tokenizer, format="fusang_long", max_samples=study.probe_samples)
+    model = load_model(args, study.probe_setting())
+    model.to(study.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    result = probe_full_layers(model, list(rows), study.probe_setting(), budget=len(study.full_layers))
+    write_probe(result, study.seed_dir(seed) / "probe.json")
+    del model
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return sorted(result.chosen)
+
+
 def run_task(study: StudyConfig, seed: int, task: str) -> Path:
     """Run one task of one seed and write its rows (an empty file for pretrain); returns the file."""
     start = time.monotonic()
@@ -470,6 +522,12 @@ def run_task(study: StudyConfig, seed: int, task: str) -> Path:
             rows = evaluate(study, seed, base, study.ladder(num_layers), work, None, {"lora_steps": 0})
         elif task == "base_kv":
             rows = evaluate(study, seed, base, study.kv_settings(num_layers), work, None, {"lora_steps": 0})
+        elif task == "base_probe":
+            chosen = probe_base(study, seed, base)
+            setting = dataclasses.replace(study.probe_setting(), non_sliding_layers=chosen)
+            name = f"{setting_name(study.probe_setting())} + {len(chosen)} {PROBED} full layers"
+            extra = {"lora_steps": 0, "probe_layers": chosen, "factor": "full layers", "level": PROBED}
+            rows = evaluate(study, seed, base, [setting], work, None, extra, names=[name], group="kv")
         elif task.startswith("arm:"):
             arm = next((a for a in study.arms if a.name == task.removeprefix("arm:")), None)
             if arm is None:
@@ -542,6 +600,8 @@ def data_needed(study: StudyConfig, tasks: list[str]) -> list[str]:
     names = ["eval_bins"]
     if "pretrain" in tasks:
         names += list(study.data_counts)
+    if "base_probe" in tasks:
+        names.append("train")
     for arm in study.arms:
         if f"arm:{arm.name}" in tasks:
             names.append("train_mix" if arm.data == "mix" else "train")
@@ -677,7 +737,7 @@ def collect_all(study: StudyConfig, to: str | Path) -> list[Path]:
     for seed in study.seeds:
         seed_dir = study.seed_dir(seed)
         wanted = [*seed_dir.glob("rows/*.jsonl"), *seed_dir.glob("logs/*.log"), seed_dir / "timings.jsonl"]
-        wanted.append(seed_dir / "base" / "pretrain_log.jsonl")
+        wanted += [seed_dir / "base" / "pretrain_log.jsonl", seed_dir / "probe.json"]
         for path in (p for p in wanted if p.is_file()):
             relative = path.relative_to(seed_dir)
             dest = Path(to) / f"seed{seed}" / (relative.name if relative.parts[0] == "base" else relative)
