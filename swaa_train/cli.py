@@ -355,6 +355,11 @@ def probe_main(argv: list[str]) -> None:
     parser.add_argument(
         "--budget", type=positive_int, default=None, help="layers to choose (default: len(swaa.non_sliding_layers))"
     )
+    parser.add_argument(
+        "--rank",
+        action="store_true",
+        help="one round (each layer alone, L forwards per sample) instead of greedy rounds (~budget x L)",
+    )
     parser.add_argument("--out", default=None, help="also write every loss measured to this JSON file")
     parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda when there is one)")
     args = parser.parse_args(argv)
@@ -367,7 +372,9 @@ def probe_main(argv: list[str]) -> None:
     from .layer_probe import probe_recipe, write_probe
 
     try:
-        result = probe_recipe(recipe, samples=args.samples, budget=args.budget, device=args.device)
+        result = probe_recipe(
+            recipe, samples=args.samples, budget=args.budget, device=args.device, greedy=not args.rank
+        )
     except INPUT_ERRORS as err:
         fail(parser.prog, err)
     print(result.table())

@@ -42,8 +42,11 @@ class ProbeResult:
     rounds: list[dict[int, float]] = field(default_factory=list)  # per round: loss with each candidate added
     samples: int = 0
     supervised_tokens: int = 0
+    greedy: bool = True  # False: one round, the layers whose full attention alone helps most
+    final_loss: float = float("nan")  # with every chosen layer full
 
     def loss_after(self, round_index: int) -> float:
+        """Greedy: the loss once the layers of rounds 0..round_index are full."""
         return self.rounds[round_index][self.chosen[round_index]]
 
     def to_dict(self) -> dict:
@@ -59,19 +62,22 @@ class ProbeResult:
     def table(self) -> str:
         """Markdown: each layer's loss when it alone keeps full attention, and the greedy choice."""
         rows = [
-            "| layer | loss with this layer alone full | chosen in round | loss after that round | gap closed |",
+            "| layer | loss with this layer alone full | chosen | loss once chosen (greedy) | gap closed |",
             "| --- | --- | --- | --- | --- |",
         ]
         alone = self.rounds[0] if self.rounds else {}
         order = {layer: k for k, layer in enumerate(self.chosen)}
         for layer in sorted(alone, key=alone.get):
             k = order.get(layer)
-            after = "" if k is None else f"{self.loss_after(k):.4f}"
-            closed = "" if k is None else f"{100 * self.recovered(self.loss_after(k)):.0f}%"
+            after = "" if k is None or not self.greedy else f"{self.loss_after(k):.4f}"
+            closed = "" if not after else f"{100 * self.recovered(self.loss_after(k)):.0f}%"
             rows.append(f"| {layer} | {alone[layer]:.4f} | {'' if k is None else k + 1} | {after} | {closed} |")
         head = (
-            f"All layers sliding: loss {self.all_sliding_loss:.4f}; full attention: {self.full_attention_loss:.4f} "
-            f"({self.samples} samples, {self.supervised_tokens} supervised tokens)."
+            f"All layers sliding: loss {self.all_sliding_loss:.4f}; full attention: {self.full_attention_loss:.4f}; "
+            f"the {len(self.chosen)} chosen layers full: {self.final_loss:.4f} "
+            f"({100 * self.recovered(self.final_loss):.0f}% of the gap closed; "
+            f"{self.samples} samples, {self.supervised_tokens} supervised tokens; "
+            f"{'greedy' if self.greedy else 'one round, ranked'})."
         )
         return head + "\n\n" + "\n".join(rows)
 
@@ -120,10 +126,16 @@ def probe_full_layers(
     budget: int,
     candidates: list[int] | None = None,
     fa_decode: bool | None = None,
+    greedy: bool = True,
 ) -> ProbeResult:
     """Choose `budget` layers to keep at full attention under `swaa`'s window and sinks (its
     non_sliding_layers are ignored: the probe starts from every layer sliding). FA decode as in
-    `swaa` unless `fa_decode` says otherwise. The model's SWAA settings are restored after."""
+    `swaa` unless `fa_decode` says otherwise. The model's SWAA settings are restored after.
+
+    greedy: `budget` rounds, each adding the layer that lowers the loss most given those already
+    chosen (L + (L-1) + ... forwards per sample for L candidates); else one round of L forwards,
+    keeping the `budget` layers whose full attention alone lowers it most (cheaper for deep
+    models, blind to layers that help only together)."""
     text_config = model.config.get_text_config()
     num_layers = text_config.num_hidden_layers
     if swaa.sliding_window_size is None:
@@ -149,16 +161,22 @@ def probe_full_layers(
 
         all_sliding, tokens = loss_of(sliding)
         full, _ = loss_of(SWAAConfig())
-        result = ProbeResult(sliding.to_dict(), [], all_sliding, full, samples=len(samples), supervised_tokens=tokens)
+        result = ProbeResult(
+            sliding.to_dict(), [], all_sliding, full, samples=len(samples), supervised_tokens=tokens, greedy=greedy
+        )
         logger.info("Probe: all sliding %.4f, full attention %.4f (%d supervised tokens)", all_sliding, full, tokens)
-        for round_index in range(budget):
+        for round_index in range(budget if greedy else 1):
             losses = {}
             for layer in (c for c in candidates if c not in result.chosen):
                 losses[layer], _ = loss_of(dataclasses.replace(sliding, non_sliding_layers=[*result.chosen, layer]))
-            best = min(losses, key=lambda layer: (losses[layer], layer))
-            result.chosen.append(best)
+            ranked = sorted(losses, key=lambda layer: (losses[layer], layer))
+            result.chosen += ranked[:1] if greedy else ranked[:budget]
             result.rounds.append(losses)
-            logger.info("Probe round %d: layer %d, loss %.4f", round_index + 1, best, losses[best])
+            logger.info("Probe round %d: layers %s, loss %.4f", round_index + 1, result.chosen, losses[ranked[0]])
+        if greedy:
+            result.final_loss = result.loss_after(budget - 1)
+        else:
+            result.final_loss, _ = loss_of(dataclasses.replace(sliding, non_sliding_layers=result.chosen))
     finally:
         if previous is not None:
             apply_swaa(model, SWAAConfig.from_dict(previous))
@@ -176,7 +194,9 @@ def write_probe(result: ProbeResult, path: str | Path) -> Path:
     return path
 
 
-def probe_recipe(recipe, samples: int = 16, budget: int | None = None, device: str | None = None) -> ProbeResult:
+def probe_recipe(
+    recipe, samples: int = 16, budget: int | None = None, device: str | None = None, greedy: bool = True
+) -> ProbeResult:
     """`probe_full_layers` on a recipe's model and data: the first `samples` rows of data.eval_path
     (else of the training data), tokenized and filtered as training does; the recipe's window,
     sinks and FA decode; `budget` layers (default: as many as swaa.non_sliding_layers lists, at
@@ -211,4 +231,4 @@ def probe_recipe(recipe, samples: int = 16, budget: int | None = None, device: s
     num_layers = model.config.get_text_config().num_hidden_layers
     budget = budget or max(1, len([i for i in recipe.swaa.non_sliding_layers if i < num_layers]))
     logger.info("Probing %d of %d layers on %d samples of %s", budget, num_layers, len(encoded), source)
-    return probe_full_layers(model, list(encoded), recipe.swaa, budget)
+    return probe_full_layers(model, list(encoded), recipe.swaa, budget, greedy=greedy)

@@ -82,6 +82,7 @@ def test_the_probe_finds_the_one_layer_that_reads_far_back():
     assert others == pytest.approx([result.all_sliding_loss] * 2, rel=1e-5)
     assert result.all_sliding_loss > result.full_attention_loss + 1e-3  # the window does cut something
     assert result.recovered(result.loss_after(0)) == pytest.approx(1.0, abs=1e-3)
+    assert result.final_loss == pytest.approx(result.loss_after(1), rel=1e-9)
     assert model.config.swaa_config == before and not model.training  # settings restored
 
 
@@ -99,6 +100,17 @@ def test_greedy_rounds_against_brute_force():
     apply_swaa(model, SWAAConfig())
     assert result.full_attention_loss == pytest.approx(hf_loss(model, batch), rel=1e-5)
     assert "| layer |" in result.table() and json.loads(json.dumps(result.to_dict()))["chosen"] == result.chosen
+
+
+def test_ranked_mode_keeps_the_best_single_layers():
+    model = apply_swaa(tiny_model("qwen3", seed=2), SLIDING)
+    batch = samples(count=2, length=40)
+    result = probe_full_layers(model, batch, SLIDING, budget=2, greedy=False)
+    (alone,) = result.rounds
+    assert result.chosen == sorted(alone, key=alone.get)[:2] and not result.greedy
+    apply_swaa(model, SWAAConfig(8, 2, False, result.chosen))
+    assert result.final_loss == pytest.approx(hf_loss(model, batch), rel=1e-5)
+    assert "one round, ranked" in result.table()
 
 
 @pytest.mark.parametrize(
