@@ -269,32 +269,39 @@ def plot_bins(summary: list[dict], keys: list[tuple[str, str]], length_bins, dep
 
 
 def plot_tradeoff(summary: list[dict], study: StudyConfig, path: Path, subset: str = "in range") -> Path:
-    """Accuracy of each arm's setting, with its LoRA and without, against KV cache saved and
-    against prefill cost."""
+    """Accuracy of every setting without LoRA and of each arm's setting with its LoRA, against KV
+    cache saved and against prefill cost."""
     plt = _pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.4), dpi=130, sharey=True)
     rows = arm_rows(summary, study, subset)
     full = find(summary, *REFERENCE, subset)
+    bases = [r for r in summary if r["lora"] == NO_LORA and r["subset"] == subset and r is not full]
     colors = {"ladder": "tab:blue", "kv": "tab:orange", "sweep": "tab:green"}
     for ax, key, label in (
         (axes[0], "kv_cache_saved", "KV cache saved (%)"),
         (axes[1], "prefill_cost", "prefill cost (%)"),
     ):
         seen: dict[float, int] = {}
+
+        def place(x: float, seen: dict = seen) -> float:  # points at the same cost side by side
+            shift = 1.2 * seen.get(round(x), 0)
+            seen[round(x)] = seen.get(round(x), 0) + 1
+            return x + shift
+
+        for rec in bases:
+            x = place(100 * rec[key])
+            _errorbar(ax, [x], [rec], fmt="o", color="tab:gray", ms=4, alpha=0.8)
+            short = rec["setting"].replace(" + ", "+").replace("full layers ", "L")
+            ax.annotate(short, (x, 100 * rec["mean"]), textcoords="offset points", xytext=(3, -6), fontsize=4.5)
         for r in rows:
             if r["lora"] is None:
                 continue
-            x = 100 * r["lora"][key]
-            shift = 1.2 * seen.get(round(x), 0)  # arms at the same cost side by side
-            seen[round(x)] = seen.get(round(x), 0) + 1
-            for rec, marker, color in ((r["base"], "o", "tab:gray"), (r["lora"], "^", colors[r["arm"].group])):
-                if rec is not None:
-                    _errorbar(ax, [x + shift], [rec], fmt=marker, color=color, ms=5)
+            x = place(100 * r["lora"][key])
+            _errorbar(ax, [x], [r["lora"]], fmt="^", color=colors[r["arm"].group], ms=5)
             y = 100 * r["lora"]["mean"]
-            ax.annotate(
-                r["arm"].name, (x + shift, y), textcoords="offset points", xytext=(3, 3), fontsize=5.5, rotation=30
-            )
-        frontier = pareto([(100 * r["lora"][key], 100 * r["lora"]["mean"]) for r in rows if r["lora"]], key)
+            ax.annotate(r["arm"].name, (x, y), textcoords="offset points", xytext=(3, 3), fontsize=5.5, rotation=30)
+        points = [(100 * r["lora"][key], 100 * r["lora"]["mean"]) for r in rows if r["lora"]]
+        frontier = pareto(points + [(100 * r[key], 100 * r["mean"]) for r in bases], key)
         if full:
             frontier = pareto([(100 * full[key], 100 * full["mean"]), *frontier], key)
         ax.plot(
