@@ -706,6 +706,7 @@ def toy_study(out_dir):
         arms=[
             Arm("fa", SWAAConfig(32, 4, True, [1]), group="ladder", eval_ladder=True),
             Arm("nofa_mix", SWAAConfig(32, 4, False, []), group="kv", factor="data", level="mix", data="mix"),
+            Arm("probed", SWAAConfig(32, 4, False), group="sweep", factor="full layers", level="probed", probed=True),
         ],
         sweep_reference="nofa_mix",
         max_new_tokens=2,
@@ -735,8 +736,11 @@ def test_study_end_to_end_on_a_tiny_model(tmp_path, monkeypatch):
     # The KV-saving arm's setting is evaluated without LoRA, with its LoRA, and with its LoRA + FA decode.
     expected |= {("none", "SWA 32 + sinks 4"), ("nofa_mix", "SWA 32 + sinks 4")}
     expected |= {("nofa_mix", "SWA 32 + sinks 4 + FA decode")}
-    # base_probe: the layer the probe chose on training rows, one name for every seed.
+    # base_probe: the layer the probe chose on training rows, one name for every seed; the probed
+    # arm's LoRA, trained under that layer, under the same name (and with FA decode added).
     expected |= {("none", "SWA 32 + sinks 4 + 1 probed full layers")}
+    expected |= {("probed", "SWA 32 + sinks 4 + 1 probed full layers")}
+    expected |= {("probed", "SWA 32 + sinks 4 + FA decode + 1 probed full layers")}
     assert {(r["lora"], r["setting"]) for r in rows} == expected
     for seed in study.seeds:
         probe = json.loads((study.seed_dir(seed) / "probe.json").read_text())
@@ -744,7 +748,8 @@ def test_study_end_to_end_on_a_tiny_model(tmp_path, monkeypatch):
         assert probe["chosen"] == [min(first, key=first.get)] and set(first) == {0, 1}
         probed = [r for r in rows if r["seed"] == seed and "probed" in r["setting"]]
         assert {tuple(r["swaa"]["non_sliding_layers"]) for r in probed} == {tuple(probe["chosen"])}
-        assert all(r["probe_layers"] == probe["chosen"] and not r["swaa"]["force_fa_decode"] for r in probed)
+        assert all(r["probe_layers"] == probe["chosen"] for r in probed)
+        assert all(not r["swaa"]["force_fa_decode"] for r in probed if r["lora"] == "none")
     assert len(rows) == len(study.seeds) * len(expected) * len(eval_rows)
     for row in rows:
         question = eval_rows[row["index"]]
@@ -760,7 +765,9 @@ def test_study_end_to_end_on_a_tiny_model(tmp_path, monkeypatch):
     for arm in study.arms:
         for seed in study.seeds:
             saved = json.loads((study.seed_dir(seed) / "adapters" / arm.name / "swaa_config.json").read_text())
-            assert SWAAConfig.from_dict(saved) == arm.swaa
+            chosen = json.loads(study.probe_path(seed).read_text())["chosen"]
+            layers = chosen if arm.probed else arm.swaa.non_sliding_layers
+            assert SWAAConfig.from_dict(saved) == SWAAConfig(**{**arm.swaa.to_dict(), "non_sliding_layers": layers})
     # A second run of a job finds its tasks done and redoes nothing.
     timings = (study.seed_dir(0) / "timings.jsonl").read_text()
     run_job(study, jobs[0])
@@ -780,6 +787,26 @@ def test_study_end_to_end_on_a_tiny_model(tmp_path, monkeypatch):
     assert "| SWA 32 + sinks 4 + 1 probed full layers |" in report and "Layers the probe chose" in report
     for name in ("ladder.png", "bins.png", "tradeoff.png"):
         assert (tmp_path / "report" / name).stat().st_size > 10_000
+
+
+def test_a_probed_arm_waits_for_its_probe(tmp_path, monkeypatch):
+    import experiments.adaptation.study as study_module
+    from experiments.adaptation.study import Arm
+
+    study = toy_study(tmp_path / "study")
+    base = study.seed_dir(0) / "base"
+    base.mkdir(parents=True)
+    (base / "config.json").write_text("{}")
+    monkeypatch.setattr(study_module, "run_task", lambda *a: pytest.fail("ran a probed arm without its probe"))
+    assert study_module.run_tasks(study, 0, ["arm:probed"]) == []
+    probed = next(a for a in study.arms if a.probed)
+    with pytest.raises(ValueError, match="run base_probe first"):
+        study.seed_arm(probed, 0)
+    study.probe_path(0).write_text(json.dumps({"chosen": [1, 0]}))
+    assert study.seed_arm(probed, 0).swaa.non_sliding_layers == [0, 1]
+    assert study.arm_label(probed) == "SWA 32 + sinks 4 + 1 probed full layers"  # one layer, as full_layers
+    with pytest.raises(ValueError, match="list none in swaa"):
+        Arm.from_dict({"name": "x", "probed": True, "swaa": {"sliding_window_size": 8, "non_sliding_layers": [1]}})
 
 
 def test_lanes_split_a_seed_only_once_its_base_exists(tmp_path):
@@ -920,7 +947,7 @@ def test_seeds_side_by_side_give_the_rows_of_the_serial_run(tmp_path, monkeypatc
     rows = read_rows([study.out_dir])
     ladder = {(r["seed"], r["setting"]) for r in rows if r["lora"] == "none" and r["group"] == "ladder"}
     assert len(ladder) == 2 * len(study.ladder(2))
-    assert {r["lora"] for r in rows} == {"none", "fa", "nofa_mix"}
+    assert {r["lora"] for r in rows} == {"none", "fa", "nofa_mix", "probed"}
     copied = collect_all(study, tmp_path / "out")
     assert tmp_path / "out" / "seed1" / "pretrain_log.jsonl" in copied
     assert len(read_rows([tmp_path / "out"])) == len(rows)

@@ -11,6 +11,7 @@ one where there is a single seed).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -94,8 +95,8 @@ def arm_rows(summary: list[dict], study: StudyConfig, subset: str = "in range") 
     """For each arm: its own setting with its LoRA, without LoRA, and with its LoRA + FA decode."""
     out = []
     for arm in study.arms:
-        own = setting_name(arm.swaa)
-        with_fa = setting_name(SWAAConfig(**{**arm.swaa.to_dict(), "force_fa_decode": True}))
+        own = study.arm_label(arm)
+        with_fa = study.arm_label(dataclasses.replace(arm, swaa=dataclasses.replace(arm.swaa, force_fa_decode=True)))
         out.append(
             {
                 "arm": arm,
@@ -167,13 +168,13 @@ def sweep_table(summary: list[dict], rows: list[dict], study: StudyConfig, resam
     """The recovery sweep: each arm that varies one factor of the reference arm, its accuracy with
     its LoRA under its own setting, and the paired difference to the reference (in range)."""
     reference = next(a for a in study.arms if a.name == study.sweep_reference)
-    ref_key = (reference.name, setting_name(reference.swaa))
+    ref_key = (reference.name, study.arm_label(reference))
     lines = [
         "| factor | level | LoRA | setting | with its LoRA | minus the reference | KV saved | prefill cost |",
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for arm in [reference, *(a for a in study.arms if a.factor and a is not reference)]:
-        key = (arm.name, setting_name(arm.swaa))
+        key = (arm.name, study.arm_label(arm))
         rec = find(summary, *key, "in range")
         if rec is None:
             continue
@@ -363,8 +364,8 @@ def write_study_report(
     lora = study.ladder_arm.name
     targets = evaluate_targets(summary, lora, names["fa_decode"], names["naive"], min_seeds=len(study.seeds))
     keys = [(NO_LORA, n) for n in names["ladder"]] + [(lora, n) for n in names["ladder"][3:]]
-    keys += [(NO_LORA, setting_name(a.swaa)) for a in study.arms if a.group == "kv"]
-    keys += [(a.name, setting_name(a.swaa)) for a in study.arms if a.group == "kv"]
+    keys += [(NO_LORA, study.arm_label(a)) for a in study.arms if a.group == "kv"]
+    keys += [(a.name, study.arm_label(a)) for a in study.arms if a.group == "kv"]
     keys += [(NO_LORA, r["setting"]) for r in summary if r["lora"] == NO_LORA and PROBED in r["setting"]]
     keys = list(dict.fromkeys(keys))
     # The plot: full attention, naive SWA, FA decode without and with its LoRA, the KV arms with their LoRAs.

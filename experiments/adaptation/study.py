@@ -15,7 +15,7 @@ list of tasks per seed:
   every seed, whose layers differ);
 - `arm:NAME`: a LoRA trained by swaa_train's trainer under the arm's setting (LoRA seed = the
   study seed), evaluated under that setting and that setting with FA decode (the FA-decode arm:
-  under the whole ladder).
+  under the whole ladder). A `probed` arm takes its full layers from the seed's base_probe.
 `plan_jobs` packs the tasks of each seed into jobs that fit `job_budget_s` by the time
 estimates of `Estimates`; `run_job` runs one (skipping tasks already done, so a job cut short
 can be run again). Every task writes `rows-s{seed}-{task}.jsonl`: one row per evaluated
@@ -66,6 +66,17 @@ def setting_name(swaa: SWAAConfig) -> str:
     return " + ".join(parts)
 
 
+def probed_name(swaa: SWAAConfig, count: int) -> str:
+    """`swaa` with `count` full layers chosen per base by the probe: one name for every seed,
+    whose layers differ, e.g. "SWA 512 + sinks 32 + 2 probed full layers"."""
+    return f"{setting_name(dataclasses.replace(swaa, non_sliding_layers=[]))} + {count} {PROBED} full layers"
+
+
+def label(arm: Arm | None, swaa: SWAAConfig) -> str:
+    """The name rows and tables give `swaa` as evaluated for `arm` (None: the base alone)."""
+    return probed_name(swaa, len(swaa.non_sliding_layers)) if arm is not None and arm.probed else setting_name(swaa)
+
+
 @dataclass
 class Arm:
     """One LoRA per seed, trained under `swaa` and evaluated under it."""
@@ -81,10 +92,16 @@ class Arm:
     eval_ladder: bool = field(
         default=False, metadata={"help": "Evaluate the adapter under the whole ladder (else its setting +- FA decode)."}
     )
+    probed: bool = field(
+        default=False,
+        metadata={"help": "Full layers from the seed's base_probe (run first); swaa lists none of its own."},
+    )
 
     def __post_init__(self):
         if isinstance(self.swaa, dict):
             self.swaa = SWAAConfig.from_dict(self.swaa)
+        if self.probed and self.eval_ladder:
+            raise ValueError(f"arm {self.name!r}: the ladder's arm cannot be probed")
         if self.swaa.sliding_window_size is None:
             raise ValueError(f"arm {self.name!r}: swaa.sliding_window_size must be set (a LoRA under full attention)")
         if self.group not in ("ladder", "kv", "sweep"):
@@ -95,7 +112,10 @@ class Arm:
     @classmethod
     def from_dict(cls, data: dict) -> Arm:
         reject_unknown(cls, data, f"arm {data.get('name')!r}")
-        return cls(**data)
+        arm = cls(**data)
+        if arm.probed and arm.swaa.non_sliding_layers:
+            raise ValueError(f"arm {arm.name!r}: a probed arm takes its full layers from the probe: list none in swaa")
+        return arm
 
 
 @dataclass
@@ -214,16 +234,33 @@ class StudyConfig:
     def kv_settings(self, num_layers: int) -> list[SWAAConfig]:
         """Every arm's own setting that the ladder lacks (evaluated without LoRA in base_kv)."""
         out = []
-        for arm in self.arms:
-            if arm.swaa not in self.ladder(num_layers) and arm.swaa not in out:
+        for arm in self.arms:  # a probed arm's setting is base_probe's
+            if not arm.probed and arm.swaa not in self.ladder(num_layers) and arm.swaa not in out:
                 out.append(arm.swaa)
         return out
 
     def arm_settings(self, arm: Arm, num_layers: int) -> list[SWAAConfig]:
+        """What the arm's LoRA is evaluated under (`arm` as `seed_arm` gives it, for a probed one)."""
         if arm.eval_ladder:
             return self.ladder(num_layers)
         with_fa = dataclasses.replace(arm.swaa, force_fa_decode=True)
         return [arm.swaa] if arm.swaa.force_fa_decode is True else [arm.swaa, with_fa]
+
+    def probe_path(self, seed: int) -> Path:
+        return self.seed_dir(seed) / "probe.json"
+
+    def seed_arm(self, arm: Arm, seed: int) -> Arm:
+        """`arm` as seed `seed` trains it: a probed arm gets the layers its base_probe chose."""
+        if not arm.probed:
+            return arm
+        if not self.probe_path(seed).is_file():
+            raise ValueError(f"arm {arm.name!r} of seed {seed}: no {self.probe_path(seed)}: run base_probe first")
+        chosen = sorted(json.loads(self.probe_path(seed).read_text())["chosen"])
+        return dataclasses.replace(arm, swaa=dataclasses.replace(arm.swaa, non_sliding_layers=chosen))
+
+    def arm_label(self, arm: Arm) -> str:
+        """The name of the arm's own setting in rows and tables (seed-independent)."""
+        return probed_name(arm.swaa, len(self.full_layers)) if arm.probed else setting_name(arm.swaa)
 
     def probe_setting(self) -> SWAAConfig:
         """base_probe's setting before the probe: the ladder's window and sinks, no FA decode; the
@@ -237,7 +274,8 @@ class StudyConfig:
 def default_arms(window: int = 512, sinks: int = 32, full_layers: list[int] | None = None) -> list[Arm]:
     """The LoRAs of issue 14 for an 8-layer model: the ladder's (FA decode), the KV-saving ones
     (no FA decode: sinks + interleaving; every other layer full), and a sweep around the first
-    KV-saving one, one factor at a time: full-layer count, window, learning rate, steps, data."""
+    KV-saving one, one factor at a time: full-layer count, window, learning rate, steps, data, and
+    the full layers chosen per base by the probe."""
     full_layers = full_layers or [1, 5]
     no_fa = lambda w=window, layers=full_layers: SWAAConfig(w, sinks, False, layers)
     return [
@@ -251,6 +289,7 @@ def default_arms(window: int = 512, sinks: int = 32, full_layers: list[int] | No
         Arm("no_fa_lr1e-4", no_fa(), group="sweep", factor="learning rate", level="1e-4", learning_rate=1e-4),
         Arm("no_fa_600steps", no_fa(), group="sweep", factor="steps", level="600", steps=600),
         Arm("no_fa_mix", no_fa(), group="sweep", factor="data mix", level="long + short 1:1", data="mix"),
+        Arm("no_fa_probed", no_fa(layers=[]), group="sweep", factor="full layers", level="probed", probed=True),
     ]
 
 
@@ -413,7 +452,7 @@ def evaluate(
         return []
     eval_path = study.data_dir / "eval_bins.parquet"
     adapter = study.seed_dir(seed) / "adapters" / arm.name if arm else None
-    names = names or [setting_name(s) for s in settings]
+    names = names or [label(arm, s) for s in settings]
     evals = [EvalSetting(name, s, adapter=arm is not None) for name, s in zip(names, settings)]
     summary = run_evaluation(
         str(base),
@@ -438,7 +477,7 @@ def evaluate(
             {
                 "seed": seed,
                 "lora": arm.name if arm else NO_LORA,
-                "lora_setting": setting_name(arm.swaa) if arm else None,
+                "lora_setting": label(arm, arm.swaa) if arm else None,
                 "setting": setting.name,
                 "swaa": setting.swaa.to_dict(),
                 "num_layers": num_layers,
@@ -498,7 +537,7 @@ def probe_base(study: StudyConfig, seed: int, base: Path) -> list[int]:
     model = load_model(args, study.probe_setting())
     model.to(study.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     result = probe_full_layers(model, list(rows), study.probe_setting(), budget=len(study.full_layers))
-    write_probe(result, study.seed_dir(seed) / "probe.json")
+    write_probe(result, study.probe_path(seed))
     del model
     gc.collect()
     if torch.cuda.is_available():
@@ -525,14 +564,17 @@ def run_task(study: StudyConfig, seed: int, task: str) -> Path:
         elif task == "base_probe":
             chosen = probe_base(study, seed, base)
             setting = dataclasses.replace(study.probe_setting(), non_sliding_layers=chosen)
-            name = f"{setting_name(study.probe_setting())} + {len(chosen)} {PROBED} full layers"
+            name = probed_name(study.probe_setting(), len(chosen))
             extra = {"lora_steps": 0, "probe_layers": chosen, "factor": "full layers", "level": PROBED}
             rows = evaluate(study, seed, base, [setting], work, None, extra, names=[name], group="kv")
         elif task.startswith("arm:"):
             arm = next((a for a in study.arms if a.name == task.removeprefix("arm:")), None)
             if arm is None:
                 raise ValueError(f"task {task!r}: no arm {task.removeprefix('arm:')!r} in the study")
+            arm = study.seed_arm(arm, seed)
             extra = train_arm(study, seed, arm, base)
+            if arm.probed:
+                extra["probe_layers"] = arm.swaa.non_sliding_layers
             rows = evaluate(study, seed, base, study.arm_settings(arm, num_layers), work, arm, extra)
         else:
             raise ValueError(f"unknown task {task!r}; tasks: {study.tasks()}")
@@ -580,6 +622,8 @@ def collect_job(study: StudyConfig, job: Job, to: str | Path) -> list[Path]:
     wanted += [seed_dir / "timings.jsonl"]
     if "pretrain" in job.tasks:
         wanted += sorted((seed_dir / "chunks").glob("*")) + [seed_dir / "base" / "pretrain_log.jsonl"]
+    if "base_probe" in job.tasks:
+        wanted.append(study.probe_path(job.seed))  # the probed arms of later jobs read it
     copied = []
     for path in (p for p in wanted if p.is_file()):
         relative = path.relative_to(seed_dir)
@@ -627,7 +671,8 @@ def split_lanes(study: StudyConfig, tasks: list[str], lanes_per_seed: int) -> li
         dealt: list[list[str]] = [[] for _ in range(min(lanes_per_seed, len(todo)))]
         for task in sorted(todo, key=lambda t: -estimate_s(study, t)):
             min(dealt, key=lambda lane: sum(estimate_s(study, t) for t in lane)).append(task)
-        lanes += [(seed, lane) for lane in dealt]
+        # Within a lane, the study's order: base_probe before the arms that read its layers.
+        lanes += [(seed, sorted(lane, key=todo.index)) for lane in dealt]
     return lanes
 
 
@@ -641,6 +686,10 @@ def run_tasks(study: StudyConfig, seed: int, tasks: list[str], deadline: float |
             continue
         if task != "pretrain" and not has_base(study, seed) and not (study.seed_dir(seed) / "chunks").is_dir():
             logger.warning("Seed %d: no base, so %s is left for a later run", seed, task)
+            continue
+        arm = next((a for a in study.arms if f"arm:{a.name}" == task), None)
+        if arm is not None and arm.probed and not study.probe_path(seed).is_file():
+            logger.warning("Seed %d: %s needs base_probe's layers: left for a later run", seed, task)
             continue
         expected = estimate_s(study, task)
         if task == "pretrain" and (study.data_dir / "train.parquet").is_file():
@@ -737,7 +786,7 @@ def collect_all(study: StudyConfig, to: str | Path) -> list[Path]:
     for seed in study.seeds:
         seed_dir = study.seed_dir(seed)
         wanted = [*seed_dir.glob("rows/*.jsonl"), *seed_dir.glob("logs/*.log"), seed_dir / "timings.jsonl"]
-        wanted += [seed_dir / "base" / "pretrain_log.jsonl", seed_dir / "probe.json"]
+        wanted += [seed_dir / "base" / "pretrain_log.jsonl", study.probe_path(seed)]
         for path in (p for p in wanted if p.is_file()):
             relative = path.relative_to(seed_dir)
             dest = Path(to) / f"seed{seed}" / (relative.name if relative.parts[0] == "base" else relative)
