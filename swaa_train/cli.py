@@ -80,14 +80,8 @@ def add_recipe_field_options(parser: argparse.ArgumentParser) -> None:
             )
 
 
-def train_main(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(
-        prog="swaa-train train",
-        usage=TRAIN_USAGE,
-        allow_abbrev=False,  # --model.name is not --model.name_or_path
-        description="LoRA fine-tuning under the SWAA mask, from a recipe. Every recipe field below can be "
-        "overridden as section.field=value or --section.field VALUE (the value is read as YAML).",
-    )
+def add_recipe_source(parser: argparse.ArgumentParser) -> None:
+    """--recipe NAME | --config FILE, and section.field=value overrides (train, probe-layers)."""
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--recipe", help="recipes/NAME.yaml by NAME, or a path to a YAML recipe")
     source.add_argument(
@@ -99,6 +93,17 @@ def train_main(argv: list[str]) -> None:
         metavar="section.field=value",
         help="override any recipe field, e.g. training.max_steps=20 swaa.keep_first=64",
     )
+
+
+def train_main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(
+        prog="swaa-train train",
+        usage=TRAIN_USAGE,
+        allow_abbrev=False,  # --model.name is not --model.name_or_path
+        description="LoRA fine-tuning under the SWAA mask, from a recipe. Every recipe field below can be "
+        "overridden as section.field=value or --section.field VALUE (the value is read as YAML).",
+    )
+    add_recipe_source(parser)
     add_recipe_field_options(parser)
     args = parser.parse_args(argv)
     if args.config is not None and not Path(args.config).is_file():
@@ -347,10 +352,7 @@ def probe_main(argv: list[str]) -> None:
         "a few samples under the recipe's window, sinks and FA decode (swaa_train/layer_probe.py). Prints the "
         "swaa.non_sliding_layers to train with.",
     )
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--recipe", help="recipes/NAME.yaml by NAME, or a path to a YAML recipe")
-    source.add_argument("--config", metavar="FILE", help="path to a YAML recipe")
-    parser.add_argument("overrides", nargs="*", metavar="section.field=value", help="override recipe fields")
+    add_recipe_source(parser)
     parser.add_argument("--samples", type=positive_int, default=16, help="samples scored (data.eval_path first)")
     parser.add_argument(
         "--budget", type=positive_int, default=None, help="layers to choose (default: len(swaa.non_sliding_layers))"
