@@ -442,10 +442,9 @@ def evaluate(
     arm: Arm | None,
     extra: dict,
     names: list[str] | None = None,
-    group: str | None = None,
 ) -> list[dict]:
     """Evaluate `settings` (with `arm`'s adapter if given) and return the tagged rows; `names`
-    replace the settings' spelled-out names, `group` the group of rows without an arm."""
+    replace the settings' names (`label`)."""
     from swaa_train.evaluate import run_evaluation
 
     if not settings:
@@ -481,9 +480,7 @@ def evaluate(
                 "setting": setting.name,
                 "swaa": setting.swaa.to_dict(),
                 "num_layers": num_layers,
-                "group": arm.group
-                if arm
-                else group or ("ladder" if setting.swaa in study.ladder(num_layers) else "kv"),
+                "group": arm.group if arm else ("ladder" if setting.swaa in study.ladder(num_layers) else "kv"),
                 "factor": arm.factor if arm else "",
                 "level": arm.level if arm else "",
                 **extra,
@@ -566,7 +563,7 @@ def run_task(study: StudyConfig, seed: int, task: str) -> Path:
             setting = dataclasses.replace(study.probe_setting(), non_sliding_layers=chosen)
             name = probed_name(study.probe_setting(), len(chosen))
             extra = {"lora_steps": 0, "probe_layers": chosen, "factor": "full layers", "level": PROBED}
-            rows = evaluate(study, seed, base, [setting], work, None, extra, names=[name], group="kv")
+            rows = evaluate(study, seed, base, [setting], work, None, extra, names=[name])
         elif task.startswith("arm:"):
             arm = next((a for a in study.arms if a.name == task.removeprefix("arm:")), None)
             if arm is None:
