@@ -702,6 +702,7 @@ def toy_study(out_dir):
             "training.bf16=false",
             "training.use_cpu=true",
             "training.max_length=1024",
+            "training.logging_steps=1",
         ],
         arms=[
             Arm("fa", SWAAConfig(32, 4, True, [1]), group="ladder", eval_ladder=True),
@@ -721,7 +722,7 @@ def toy_study(out_dir):
 @pytest.mark.slow
 def test_study_end_to_end_on_a_tiny_model(tmp_path, monkeypatch):
     from experiments.adaptation.report import write_study_report
-    from experiments.adaptation.study import collect_job, plan_jobs, read_rows, run_job, setting_name
+    from experiments.adaptation.study import collect_job, plan_jobs, read_rows, read_seed_logs, run_job, setting_name
 
     monkeypatch.chdir(tmp_path)
     study = toy_study(tmp_path / "study")
@@ -776,9 +777,19 @@ def test_study_end_to_end_on_a_tiny_model(tmp_path, monkeypatch):
     assert (tmp_path / "out" / "seed0" / "chunks" / "base.tar.json") in copied
     assert (tmp_path / "out" / "seed0" / "rows" / "rows-s0-pretrain.jsonl") in copied
 
-    result = write_study_report(study, rows, tmp_path / "report", resamples=100)
+    # Each LoRA's training log, beside the pretraining log: the report's per-seed tables read them.
+    logs = read_seed_logs([study.out_dir], "base/pretrain_log.jsonl")
+    logs |= read_seed_logs([study.out_dir], "lora_logs/*.jsonl")
+    assert set(logs) == {(s, n) for s in study.seeds for n in ["pretrain_log", *(a.name for a in study.arms)]}
+    assert all(any("loss" in e for e in logs[(s, a.name)]) for s in study.seeds for a in study.arms)
+
+    result = write_study_report(study, rows, tmp_path / "report", resamples=100, logs=logs)
     report = (tmp_path / "report" / "report.md").read_text()
     assert "2 seeds (0, 1) x 6 questions" in report and "| full attention | none |" in report
+    for seed in study.seeds:
+        assert f"| {seed} | {logs[(seed, 'pretrain_log')][-1]['step']} | " in report  # its last logged step
+        loss = next(e["loss"] for e in logs[(seed, "fa")] if "loss" in e)  # one step: start = end
+        assert f"| fa | {seed} | {loss:.4g} | {loss:.4g} | " in report
     full = [r["correct"] for r in rows if (r["lora"], r["setting"]) == ("none", "full attention") and r["in_range"]]
     assert result["targets"][0]["met"] == (sum(full) / len(full) >= 0.85)
     assert f"full attention: {100 * sum(full) / len(full):.1f}% (t [" in result["targets"][0]["evidence"]
@@ -787,6 +798,37 @@ def test_study_end_to_end_on_a_tiny_model(tmp_path, monkeypatch):
     assert "| SWA 32 + sinks 4 + 1 probed full layers |" in report and "Layers the probe chose" in report
     for name in ("ladder.png", "bins.png", "tradeoff.png"):
         assert (tmp_path / "report" / name).stat().st_size > 10_000
+
+
+def test_training_curve_start_end_and_largest_grad_norm():
+    from experiments.adaptation.study import training_curve
+
+    history = [
+        {"loss": x, "grad_norm": g, "step": i}
+        for i, (x, g) in enumerate(zip([0.1, 0.2, 0.3, 0.5, 0.9], [1, 7, 2, 3, 4]))
+    ]
+    history.append({"train_loss": 0.4, "train_runtime": 9.0})  # the trainer's closing summary has no "loss"
+    curve = training_curve(history)
+    assert curve["lora_loss_start"] == pytest.approx(0.2) and curve["lora_loss_end"] == pytest.approx(1.7 / 3, abs=1e-5)
+    assert curve["lora_grad_norm_max"] == 7
+    assert training_curve(history, ends=1) == {"lora_loss_start": 0.1, "lora_loss_end": 0.9, "lora_grad_norm_max": 7}
+    assert training_curve([{"train_loss": 0.4}]) == {}
+
+
+def test_read_seed_logs_keys_by_seed_and_file(tmp_path):
+    from experiments.adaptation.study import read_seed_logs
+
+    (tmp_path / "a" / "seed3" / "lora_logs").mkdir(parents=True)
+    (tmp_path / "a" / "seed3" / "lora_logs" / "no_fa.jsonl").write_text('{"loss": 1.0}\n\n{"loss": 0.5}\n')
+    (tmp_path / "a" / "seed3" / "pretrain_log.jsonl").write_text('{"step": 1}\n')
+    (tmp_path / "b" / "seed12").mkdir(parents=True)
+    (tmp_path / "b" / "seed12" / "pretrain_log.jsonl").write_text('{"step": 7}\n')
+    paths = [tmp_path / "a", tmp_path / "b"]
+    assert read_seed_logs(paths, "lora_logs/*.jsonl") == {(3, "no_fa"): [{"loss": 1.0}, {"loss": 0.5}]}
+    assert read_seed_logs(paths, "pretrain_log.jsonl") == {
+        (3, "pretrain_log"): [{"step": 1}],
+        (12, "pretrain_log"): [{"step": 7}],
+    }
 
 
 def test_a_probed_arm_waits_for_its_probe(tmp_path, monkeypatch):

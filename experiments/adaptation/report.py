@@ -16,7 +16,7 @@ import json
 from pathlib import Path
 
 from experiments.adaptation.stats import NO_LORA, REFERENCE, compare, evaluate_targets, find, summarize
-from experiments.adaptation.study import PROBED, StudyConfig, setting_name
+from experiments.adaptation.study import PROBED, StudyConfig, setting_name, training_curve
 from swaa_train.swaa_config import SWAAConfig
 
 
@@ -125,6 +125,49 @@ def arms_table(summary: list[dict], study: StudyConfig) -> str:
             f"{min(steps)}-{max(steps)} | {pct(rec['kv_cache_saved'], 0)} | {pct(rec['prefill_cost'])} | "
             f"{cell(r['base'])} | {cell(rec)} | {cell(rec, relative=True)} | {cell(r['lora_fa'])} |"
         )
+    return "\n".join(lines)
+
+
+def _per_seed(record: dict | None) -> dict[int, float]:
+    return dict(zip(record["seeds"], record["per_seed"])) if record else {}
+
+
+def bases_table(summary: list[dict], pretrain_logs: dict[tuple[int, str], list[dict]]) -> str:
+    """Per seed: its pretraining's steps and its last held-out check (exact answers to short
+    questions not trained on, pretrain.heldout_exact), beside the base's full attention on the
+    study's questions. A base whose last check is low has not yet learned to retrieve."""
+    full = _per_seed(find(summary, *REFERENCE, "in range"))
+    lines = [
+        "| seed | pretraining steps (last logged) | held-out exact at its last check (step) | full attention, in range |",
+        "| --- | --- | --- | --- |",
+    ]
+    for seed in sorted({s for s, _ in pretrain_logs} | set(full)):
+        log = pretrain_logs.get((seed, "pretrain_log"), [])
+        checks = [r for r in log if "heldout_exact" in r]
+        last = f"{pct(checks[-1]['heldout_exact'])} ({checks[-1]['step']})" if checks else "-"
+        steps = log[-1]["step"] if log else "-"
+        lines.append(f"| {seed} | {steps} | {last} | {pct(full.get(seed))} |")
+    return "\n".join(lines)
+
+
+def lora_training_table(summary: list[dict], study: StudyConfig, lora_logs: dict[tuple[int, str], list[dict]]) -> str:
+    """Per LoRA and seed: its training loss at the start and the end (study.training_curve), its
+    largest gradient norm, and its own setting's accuracy without and with it (in range)."""
+    lines = [
+        "| LoRA | seed | loss, first logs | loss, last logs | largest grad norm | no LoRA | with its LoRA |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in arm_rows(summary, study):
+        base, lora = _per_seed(r["base"]), _per_seed(r["lora"])
+        for seed in sorted(lora):
+            curve = training_curve(lora_logs.get((seed, r["arm"].name), []))
+            start, end, norm = (
+                f"{curve[k]:.4g}" if k in curve else "-"
+                for k in ("lora_loss_start", "lora_loss_end", "lora_grad_norm_max")
+            )
+            lines.append(
+                f"| {r['arm'].name} | {seed} | {start} | {end} | {norm} | {pct(base.get(seed))} | {pct(lora[seed])} |"
+            )
     return "\n".join(lines)
 
 
@@ -353,9 +396,18 @@ def _save(fig, plt, path: Path, layout: bool = True) -> Path:
 # The whole report
 # ------------------------------------------------------------------------------------------
 def write_study_report(
-    study: StudyConfig, rows: list[dict], out_dir: str | Path, *, resamples: int = 2000, plot_prefix: str = ""
+    study: StudyConfig,
+    rows: list[dict],
+    out_dir: str | Path,
+    *,
+    resamples: int = 2000,
+    plot_prefix: str = "",
+    logs: dict[tuple[int, str], list[dict]] | None = None,
 ) -> dict:
-    """summary.json (every record and the targets), report.md and the three plots in out_dir."""
+    """summary.json (every record and the targets), report.md and the three plots in out_dir;
+    `logs` (study.read_seed_logs: the pretraining and LoRA logs) add the bases' and the LoRAs'
+    training tables."""
+    logs = logs or {}
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     summary = summarize(rows, resamples=resamples)
@@ -391,6 +443,10 @@ def write_study_report(
             "## Which layers keep full attention, without FA decode and without LoRA (in-range questions)\n\n"
             + placement_table(summary, rows),
             "## Every LoRA under its own setting (in-range questions)\n\n" + arms_table(summary, study),
+            "## The bases and the LoRAs, seed by seed\n\n"
+            + bases_table(summary, {k: v for k, v in logs.items() if k[1] == "pretrain_log"})
+            + "\n\n"
+            + lora_training_table(summary, study, {k: v for k, v in logs.items() if k[1] != "pretrain_log"}),
             "## Recovery sweep without FA decode (in-range questions; differences paired by seed and question)\n\n"
             + sweep_table(summary, rows, study, resamples),
             f"![tradeoff]({plots['tradeoff'].name})",

@@ -24,6 +24,7 @@ from experiments.adaptation.study import (
     find_job,
     plan_jobs,
     read_rows,
+    read_seed_logs,
     run_job,
     run_parallel,
     run_tasks,
@@ -99,7 +100,11 @@ def main() -> None:
         rows = read_rows(args.results or [study.out_dir])
         if not rows:
             parser.error(f"no rows-*.jsonl under {args.results or [study.out_dir]}")
-        result = write_study_report(study, rows, args.out or f"{study.out_dir}/report", resamples=args.resamples)
+        results = args.results or [study.out_dir]
+        logs = read_seed_logs(results, "pretrain_log.jsonl") | read_seed_logs(results, "lora_logs/*.jsonl")
+        result = write_study_report(
+            study, rows, args.out or f"{study.out_dir}/report", resamples=args.resamples, logs=logs
+        )
         sys.stdout.write(json.dumps(result["targets"], indent=2) + "\n")
 
 

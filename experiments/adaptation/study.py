@@ -249,6 +249,10 @@ class StudyConfig:
     def probe_path(self, seed: int) -> Path:
         return self.seed_dir(seed) / "probe.json"
 
+    def lora_log_path(self, seed: int, arm: str) -> Path:
+        """The arm's LoRA training log (the trainer's log_history, one entry a line)."""
+        return self.seed_dir(seed) / "lora_logs" / f"{arm}.jsonl"
+
     def seed_arm(self, arm: Arm, seed: int) -> Arm:
         """`arm` as seed `seed` trains it: a probed arm gets the layers its base_probe chose."""
         if not arm.probed:
@@ -494,6 +498,23 @@ def evaluate(
     return rows
 
 
+def training_curve(log_history: list[dict], ends: int = 3) -> dict:
+    """A LoRA's training loss at its start and its end (the mean of the first and of the last
+    `ends` logged losses) and its largest logged gradient norm. A LoRA whose loss ends above where
+    it started has moved the base away from what it already did (its learning rate too high)."""
+    losses = [float(e["loss"]) for e in log_history if "loss" in e]
+    norms = [float(e["grad_norm"]) for e in log_history if "grad_norm" in e]
+    if not losses:
+        return {}
+    curve = {
+        "lora_loss_start": sum(losses[:ends]) / len(losses[:ends]),
+        "lora_loss_end": sum(losses[-ends:]) / len(losses[-ends:]),
+    }
+    if norms:
+        curve["lora_grad_norm_max"] = max(norms)
+    return curve
+
+
 def train_arm(study: StudyConfig, seed: int, arm: Arm, base: Path) -> dict:
     from experiments.adaptation.ladder import train_adapter
 
@@ -510,6 +531,9 @@ def train_arm(study: StudyConfig, seed: int, arm: Arm, base: Path) -> dict:
         *study.lora_overrides,
     ]
     trainer = train_adapter(study.recipe, overrides, study.lora_time_cap_s, study.num_proc)
+    log = study.lora_log_path(seed, arm.name)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    log.write_text("".join(json.dumps(entry) + "\n" for entry in trainer.state.log_history))
     done = {"lora_steps": trainer.state.global_step, "lora_learning_rate": trainer.args.learning_rate}
     del trainer  # the evaluations that follow load the base again: free the training copy first
     gc.collect()
@@ -608,6 +632,18 @@ def read_rows(paths: list[str | Path]) -> list[dict]:
     return [json.loads(line) for file in files for line in file.read_text().splitlines() if line.strip()]
 
 
+def read_seed_logs(paths: list[str | Path], name: str) -> dict[tuple[int, str], list[dict]]:
+    """Every `seed{N}/<name>` JSON-lines file under `paths` (a glob such as "lora_logs/*.jsonl"),
+    keyed by (seed, file stem): the pretraining and LoRA logs the report reads beside the rows."""
+    logs = {}
+    for path in map(Path, paths):
+        for file in sorted(path.rglob(f"seed*/{name}")):
+            seed_dir = next(p for p in file.parents if p.name.startswith("seed"))
+            lines = file.read_text().splitlines()
+            logs[(int(seed_dir.name.removeprefix("seed")), file.stem)] = [json.loads(x) for x in lines if x.strip()]
+    return logs
+
+
 def collect_job(study: StudyConfig, job: Job, to: str | Path) -> list[Path]:
     """Copy what a job made and later steps need into `to`, laid out as under out_dir (seed{N}/rows,
     seed{N}/chunks, seed{N}/timings.jsonl, seed{N}/pretrain_log.jsonl): copying `to` over another
@@ -621,6 +657,7 @@ def collect_job(study: StudyConfig, job: Job, to: str | Path) -> list[Path]:
         wanted += sorted((seed_dir / "chunks").glob("*")) + [seed_dir / "base" / "pretrain_log.jsonl"]
     if "base_probe" in job.tasks:
         wanted.append(study.probe_path(job.seed))  # the probed arms of later jobs read it
+    wanted += [study.lora_log_path(job.seed, t.removeprefix("arm:")) for t in job.tasks if t.startswith("arm:")]
     copied = []
     for path in (p for p in wanted if p.is_file()):
         relative = path.relative_to(seed_dir)
@@ -775,7 +812,7 @@ def run_parallel(
 
 
 def collect_all(study: StudyConfig, to: str | Path) -> list[Path]:
-    """Every seed's rows, timings, pretraining log and lane logs (no weights) copied into `to`,
+    """Every seed's rows, timings, pretraining and LoRA logs and lane logs (no weights) copied into `to`,
     laid out as under out_dir: what the report needs, small enough to bring back from any machine."""
     import shutil
 
@@ -783,6 +820,7 @@ def collect_all(study: StudyConfig, to: str | Path) -> list[Path]:
     for seed in study.seeds:
         seed_dir = study.seed_dir(seed)
         wanted = [*seed_dir.glob("rows/*.jsonl"), *seed_dir.glob("logs/*.log"), seed_dir / "timings.jsonl"]
+        wanted += seed_dir.glob("lora_logs/*.jsonl")
         wanted += [seed_dir / "base" / "pretrain_log.jsonl", study.probe_path(seed)]
         for path in (p for p in wanted if p.is_file()):
             relative = path.relative_to(seed_dir)
