@@ -3,6 +3,7 @@ run of every stage on CPU."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import re
@@ -829,6 +830,40 @@ def test_read_seed_logs_keys_by_seed_and_file(tmp_path):
         (3, "pretrain_log"): [{"step": 1}],
         (12, "pretrain_log"): [{"step": 7}],
     }
+
+
+def test_sweep_arms_are_compared_with_their_own_reference():
+    from experiments.adaptation.report import sweep_table
+    from experiments.adaptation.stats import summarize
+    from experiments.adaptation.study import Arm, StudyConfig
+
+    fa, no_fa = SWAAConfig(512, 32, True, [1, 5]), NO_FA
+    arms = [
+        Arm("fa", fa, group="ladder", eval_ladder=True),
+        Arm("nofa", no_fa, group="kv"),
+        Arm("nofa_lr", no_fa, group="sweep", factor="learning rate", level="low", learning_rate=1e-4),
+        Arm("fa_lr", fa, group="sweep", factor="learning rate", level="low, FA", learning_rate=1e-4, reference="fa"),
+    ]
+    study = StudyConfig(arms=arms, sweep_reference="nofa")
+    assert study.reference_of(arms[3]).name == "fa" and study.reference_of(arms[2]).name == "nofa"
+    fa_name, no_fa_name = study.arm_label(arms[0]), study.arm_label(arms[1])
+    rows = synthetic_rows(
+        {
+            ("none", "full attention"): (FULL, None, {s: (1.0, 0.0) for s in range(3)}),
+            ("fa", fa_name): (fa, fa_name, {0: (0.9, 0.0), 1: (0.8, 0.0), 2: (0.7, 0.0)}),
+            ("fa_lr", fa_name): (fa, fa_name, {0: (1.0, 0.0), 1: (0.9, 0.0), 2: (0.8, 0.0)}),  # +10 on each seed
+            ("nofa", no_fa_name): (no_fa, no_fa_name, {s: (0.5, 0.0) for s in range(3)}),
+            ("nofa_lr", no_fa_name): (no_fa, no_fa_name, {s: (0.3, 0.0) for s in range(3)}),  # -20
+        }
+    )
+    table = sweep_table(summarize(rows, resamples=100), rows, study, resamples=100)
+    lines = {line.split(" | ")[2]: line for line in table.splitlines()[2:]}
+    assert "| reference |" in lines["nofa"]
+    assert "| -20.0% [t -20, -20; boot" in lines["nofa_lr"] and lines["nofa_lr"].count("(vs nofa)") == 1
+    assert "| 10.0% [t 10, 10; boot" in lines["fa_lr"] and "(vs fa)" in lines["fa_lr"]
+    for bad in ("fa_lr", "nowhere"):
+        with pytest.raises(ValueError, match="is not another arm"):
+            StudyConfig(arms=[*arms[:3], dataclasses.replace(arms[3], reference=bad)], sweep_reference="nofa")
 
 
 def test_a_probed_arm_waits_for_its_probe(tmp_path, monkeypatch):

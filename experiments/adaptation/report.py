@@ -208,12 +208,12 @@ def placement_table(summary: list[dict], rows: list[dict]) -> str:
 
 
 def sweep_table(summary: list[dict], rows: list[dict], study: StudyConfig, resamples: int = 2000) -> str:
-    """The recovery sweep: each arm that varies one factor of the reference arm, its accuracy with
-    its LoRA under its own setting, and the paired difference to the reference (in range)."""
+    """The recovery sweep: each arm that varies one factor of its reference arm (the study's
+    sweep_reference unless the arm names another), its accuracy with its LoRA under its own
+    setting, and the paired difference to its reference (in range)."""
     reference = next(a for a in study.arms if a.name == study.sweep_reference)
-    ref_key = (reference.name, study.arm_label(reference))
     lines = [
-        "| factor | level | LoRA | setting | with its LoRA | minus the reference | KV saved | prefill cost |",
+        "| factor | level | LoRA | setting | with its LoRA | minus its reference | KV saved | prefill cost |",
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for arm in [reference, *(a for a in study.arms if a.factor and a is not reference)]:
@@ -221,8 +221,12 @@ def sweep_table(summary: list[dict], rows: list[dict], study: StudyConfig, resam
         rec = find(summary, *key, "in range")
         if rec is None:
             continue
-        diff = compare(rows, key, ref_key, resamples=resamples) if arm is not reference else None
-        diff_cell = "reference" if arm is reference else cell(diff)
+        if arm is reference:
+            diff_cell = "reference"
+        else:
+            other = study.reference_of(arm)
+            diff = compare(rows, key, (other.name, study.arm_label(other)), resamples=resamples)
+            diff_cell = f"{cell(diff)} (vs {other.name})"
         lines.append(
             f"| {arm.factor or '-'} | {arm.level or '-'} | {arm.name} | {key[1]} | {cell(rec)} | {diff_cell} | "
             f"{pct(rec['kv_cache_saved'], 0)} | {pct(rec['prefill_cost'])} |"

@@ -86,6 +86,9 @@ class Arm:
     group: str = field(default="kv", metadata={"help": "ladder (the FA-decode LoRA), kv or sweep."})
     factor: str = field(default="", metadata={"help": "Recovery sweep: the factor this arm varies."})
     level: str = field(default="", metadata={"help": "Recovery sweep: this arm's level of `factor`."})
+    reference: str = field(
+        default="", metadata={"help": "Recovery sweep: the arm it varies (default: the study's sweep_reference)."}
+    )
     steps: int | None = field(default=None, metadata={"help": "LoRA steps (default: the study's lora_steps)."})
     learning_rate: float | None = field(default=None, metadata={"help": "LoRA learning rate (default: the recipe's)."})
     data: str = field(default="train", metadata={"help": "train (long questions) or mix (long + short, 1:1)."})
@@ -198,6 +201,9 @@ class StudyConfig:
             raise ValueError(f"eval_questions must be a positive multiple of {cells} cells, got {self.eval_questions}")
         if self.sweep_reference not in names:
             raise ValueError(f"sweep_reference: {self.sweep_reference!r} is not an arm; arms: {names}")
+        for arm in self.arms:
+            if arm.reference and (arm.reference not in names or arm.reference == arm.name):
+                raise ValueError(f"arm {arm.name!r}: reference {arm.reference!r} is not another arm; arms: {names}")
         if sum(a.eval_ladder for a in self.arms) != 1:
             raise ValueError("arms: exactly one arm must have eval_ladder (the LoRA of the ladder)")
 
@@ -271,6 +277,11 @@ class StudyConfig:
         probe chooses as many full layers as the ladder has."""
         return SWAAConfig(self.window, self.sinks, False)
 
+    def reference_of(self, arm: Arm) -> Arm:
+        """The arm a sweep arm is compared with: its own reference, else the study's."""
+        name = arm.reference or self.sweep_reference
+        return next(a for a in self.arms if a.name == name)
+
     def tasks(self) -> list[str]:
         return ["pretrain", "base_ladder", "base_kv", "base_probe", *(f"arm:{a.name}" for a in self.arms)]
 
@@ -279,7 +290,8 @@ def default_arms(window: int = 512, sinks: int = 32, full_layers: list[int] | No
     """The LoRAs of issue 14 for an 8-layer model: the ladder's (FA decode), the KV-saving ones
     (no FA decode: sinks + interleaving; every other layer full), and a sweep around the first
     KV-saving one, one factor at a time: full-layer count, window, learning rate, steps, data, and
-    the full layers chosen per base by the probe."""
+    the full layers chosen per base by the probe; and the FA-decode and probed LoRAs at a lower
+    learning rate, each against its own arm."""
     full_layers = full_layers or [1, 5]
     no_fa = lambda w=window, layers=full_layers: SWAAConfig(w, sinks, False, layers)
     return [
@@ -294,7 +306,12 @@ def default_arms(window: int = 512, sinks: int = 32, full_layers: list[int] | No
         Arm("no_fa_600steps", no_fa(), group="sweep", factor="steps", level="600", steps=600),
         Arm("no_fa_mix", no_fa(), group="sweep", factor="data mix", level="long + short 1:1", data="mix"),
         Arm("no_fa_probed", no_fa(layers=[]), group="sweep", factor="full layers", level="probed", probed=True),
-    ]
+        # The two LoRAs that met a target's bar without training, at a tenth of the learning rate.
+        Arm("fa_decode_lr1e-4", SWAAConfig(window, sinks, True, full_layers), group="sweep", factor="learning rate",
+            level="1e-4, FA decode", learning_rate=1e-4, reference="fa_decode"),
+        Arm("no_fa_probed_lr1e-4", no_fa(layers=[]), group="sweep", factor="learning rate",
+            level="1e-4, probed layers", learning_rate=1e-4, probed=True, reference="no_fa_probed"),
+    ]  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------
