@@ -866,6 +866,29 @@ def test_sweep_arms_are_compared_with_their_own_reference():
             StudyConfig(arms=[*arms[:3], dataclasses.replace(arms[3], reference=bad)], sweep_reference="nofa")
 
 
+def test_read_results_keeps_separate_runs_apart(tmp_path):
+    from experiments.adaptation.report import _bases
+    from experiments.adaptation.study import read_results
+
+    rows = synthetic_rows({("none", "full attention"): (FULL, None, {0: (1.0, 0.0), 2: (0.5, 0.0)})}, questions=4)
+    for run in ("run1", "run2"):
+        for seed in (0, 2):
+            path = tmp_path / run / f"seed{seed}" / "rows" / f"rows-s{seed}-base_ladder.jsonl"
+            path.parent.mkdir(parents=True)
+            path.write_text("".join(json.dumps(r) + "\n" for r in rows if r["seed"] == seed))
+        (tmp_path / run / "seed2" / "pretrain_log.jsonl").write_text(json.dumps({"step": len(run)}) + "\n")
+    paths = [tmp_path / "run1", tmp_path / "run2"]
+    merged, logs = read_results(paths)  # parts of one run: a seed's rows from every path
+    assert sorted({r["seed"] for r in merged}) == [0, 2] and len(merged) == 2 * len(rows)
+    assert set(logs) == {(2, "pretrain_log")}
+    separate, logs = read_results(paths, separate_runs=True)
+    assert sorted({r["seed"] for r in separate}) == [0, 2, 100, 102]
+    assert [r for r in separate if r["seed"] == 102] == [{**r, "seed": 102} for r in rows if r["seed"] == 2]
+    assert set(logs) == {(2, "pretrain_log"), (102, "pretrain_log")}
+    assert _bases([0, 1, 2]) == "3 seeds (0, 1, 2)"
+    assert _bases([0, 2, 100, 102]).startswith("4 bases of 2 runs (0, 2, 100, 102:")
+
+
 def test_a_probed_arm_waits_for_its_probe(tmp_path, monkeypatch):
     import experiments.adaptation.study as study_module
     from experiments.adaptation.study import Arm

@@ -16,7 +16,7 @@ import json
 from pathlib import Path
 
 from experiments.adaptation.stats import NO_LORA, REFERENCE, compare, evaluate_targets, find, summarize
-from experiments.adaptation.study import PROBED, StudyConfig, setting_name, training_curve
+from experiments.adaptation.study import PROBED, RUN_STRIDE, StudyConfig, setting_name, training_curve
 from swaa_train.swaa_config import SWAAConfig
 
 
@@ -399,6 +399,17 @@ def _save(fig, plt, path: Path, layout: bool = True) -> Path:
 # ------------------------------------------------------------------------------------------
 # The whole report
 # ------------------------------------------------------------------------------------------
+def _bases(seeds: list[int]) -> str:
+    """ "3 seeds (0, 1, 2)", or for several runs (study.read_results) "6 bases of 2 runs (...)"."""
+    runs = sorted({s // RUN_STRIDE for s in seeds})
+    if len(runs) == 1 and runs[0] == 0:
+        return f"{len(seeds)} seeds ({', '.join(map(str, seeds))})"
+    return (
+        f"{len(seeds)} bases of {len(runs)} runs ({', '.join(map(str, seeds))}: "
+        f"run k's seed s is base k*{RUN_STRIDE}+s)"
+    )
+
+
 def write_study_report(
     study: StudyConfig,
     rows: list[dict],
@@ -436,7 +447,7 @@ def write_study_report(
     }
     report = "\n\n".join(
         [
-            f"# Adaptation study: {len(seeds)} seeds ({', '.join(map(str, seeds))}) x {questions} questions",
+            f"# Adaptation study: {_bases(seeds)} x {questions} questions",
             "Each cell: mean over seeds (t: 95% t interval over seeds; boot: 95% bootstrap over questions).",
             "## Targets (in-range questions)\n\n" + targets_table(targets),
             "## The ladder, without and with the FA-decode LoRA\n\n" + ladder_table(summary, names["ladder"], lora),

@@ -23,8 +23,7 @@ from experiments.adaptation.study import (
     collect_job,
     find_job,
     plan_jobs,
-    read_rows,
-    read_seed_logs,
+    read_results,
     run_job,
     run_parallel,
     run_tasks,
@@ -52,6 +51,12 @@ def main() -> None:
     parser.add_argument("--to", help="collect: directory to copy the job's results into")
     parser.add_argument("--results", nargs="+", default=None, help="report: directories of rows-*.jsonl")
     parser.add_argument("--out", default=None, help="report: directory for report.md, summary.json, plots")
+    parser.add_argument(
+        "--separate-runs",
+        action="store_true",
+        help="report: each --results directory is a run of its own (other bases under the same seeds): "
+        "seed s of the k-th directory becomes base k*100+s",
+    )
     parser.add_argument("--tasks", default="", help="parallel, lane: comma-separated tasks (default: all)")
     parser.add_argument("--seed", type=int, help="lane: the seed")
     parser.add_argument("--lanes-per-seed", type=int, default=1, help="parallel: lanes of a seed whose base exists")
@@ -97,11 +102,10 @@ def main() -> None:
     else:
         from experiments.adaptation.report import write_study_report
 
-        rows = read_rows(args.results or [study.out_dir])
-        if not rows:
-            parser.error(f"no rows-*.jsonl under {args.results or [study.out_dir]}")
         results = args.results or [study.out_dir]
-        logs = read_seed_logs(results, "pretrain_log.jsonl") | read_seed_logs(results, "lora_logs/*.jsonl")
+        rows, logs = read_results(results, separate_runs=args.separate_runs)
+        if not rows:
+            parser.error(f"no rows-*.jsonl under {results}")
         result = write_study_report(
             study, rows, args.out or f"{study.out_dir}/report", resamples=args.resamples, logs=logs
         )

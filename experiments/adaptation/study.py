@@ -661,6 +661,25 @@ def read_seed_logs(paths: list[str | Path], name: str) -> dict[tuple[int, str], 
     return logs
 
 
+RUN_STRIDE = 100  # read_results(separate_runs=True): seed s of the k-th run becomes base k * 100 + s
+
+
+def read_results(paths: list[str | Path], separate_runs: bool = False) -> tuple[list[dict], dict]:
+    """The rows and the logs (read_seed_logs: pretraining and LoRA) under `paths`. By default the
+    paths are parts of one run (a seed's rows may be spread over them). With `separate_runs` each
+    path is a run of its own, whose bases differ from another run's under the same seeds
+    (pretraining is not bitwise reproducible on a GPU): seed s of the k-th path becomes base
+    k * RUN_STRIDE + s, so that each base is paired only with its own rows."""
+    groups = [[p] for p in paths] if separate_runs else [list(paths)]
+    rows, logs = [], {}
+    for k, group in enumerate(groups):
+        offset = k * RUN_STRIDE
+        rows += [{**row, "seed": offset + row["seed"]} for row in read_rows(group)]
+        found = read_seed_logs(group, "pretrain_log.jsonl") | read_seed_logs(group, "lora_logs/*.jsonl")
+        logs |= {(offset + seed, name): log for (seed, name), log in found.items()}
+    return rows, logs
+
+
 def collect_job(study: StudyConfig, job: Job, to: str | Path) -> list[Path]:
     """Copy what a job made and later steps need into `to`, laid out as under out_dir (seed{N}/rows,
     seed{N}/chunks, seed{N}/timings.jsonl, seed{N}/pretrain_log.jsonl): copying `to` over another
