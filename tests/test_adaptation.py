@@ -232,12 +232,54 @@ def test_relative_cost_mixes_full_and_sliding_layers():
 # ------------------------------------------------------------------------------------------
 # Every stage, toy sizes
 # ------------------------------------------------------------------------------------------
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_pretraining_one_seed_twice_gives_the_same_base_on_a_gpu(tmp_path):
+    """Head dim 64, whose attention backward adds dQ with atomics unless deterministic algorithms
+    are on (PretrainArgs.deterministic): two pretrainings of one seed, bit for bit the same."""
+    from experiments.adaptation.pretrain import PretrainArgs, pretrain
+
+    data = tmp_path / "data"
+    counts = {"train": 40, "train_short": 40, "lm": 10, "lm_short": 10, "drill": 20, "eval_short": 8}
+    write_repro_data(data, counts, min_tokens=1024, max_tokens=4096, short_tokens=(64, 256), workers=0)
+    weights = []
+    for run in ("a", "b"):
+        args = PretrainArgs(
+            data_dir=str(data),
+            out_dir=str(tmp_path / run),
+            tokenizer=str(TINY_QWEN3_DIR),
+            hidden_size=128,
+            num_layers=2,
+            num_heads=2,
+            num_kv_heads=1,
+            intermediate_size=256,
+            tokens_per_step=16384,
+            max_steps=30,
+            warmup_steps=5,
+            num_workers=0,
+            log_every=5,
+            eval_every=0,
+        )
+        pretrain(args)
+        weights.append((tmp_path / run / "model.safetensors").read_bytes())
+    assert weights[0] == weights[1]
+
+
 @pytest.mark.slow
 def test_stages_end_to_end_on_cpu(tmp_path, monkeypatch):
+    import experiments.adaptation.pretrain as pretrain_module
     from experiments.adaptation.ladder import pack_base, run_adaptation, unpack_base, write_report
     from experiments.adaptation.pretrain import PretrainArgs, pretrain
 
     monkeypatch.chdir(tmp_path)
+    seen_deterministic, packed_loss = [], pretrain_module.packed_loss
+
+    def watched_loss(model, *args):
+        if model.training:
+            seen_deterministic.append(torch.are_deterministic_algorithms_enabled())
+        return packed_loss(model, *args)
+
+    monkeypatch.setattr(pretrain_module, "packed_loss", watched_loss)
     data = tmp_path / "data"
     counts = {"train": 6, "train_short": 6, "lm": 2, "lm_short": 2, "eval": 3, "drill": 4, "eval_short": 2}
     write_repro_data(data, counts, min_tokens=96, max_tokens=160, short_tokens=(64, 96), workers=0)
@@ -266,6 +308,7 @@ def test_stages_end_to_end_on_cpu(tmp_path, monkeypatch):
     )
     log = [json.loads(line) for line in (tmp_path / "trained" / "pretrain_log.jsonl").read_text().splitlines()]
     assert summary["steps"] == 4 and 0.0 <= log[0]["heldout_exact"] <= 1.0
+    assert seen_deterministic == [True] * 4 and not torch.are_deterministic_algorithms_enabled()  # on, then restored
     assert [r["copy"] for r in log] == [True, False, True, False]
     assert log[0]["question_exact"] == 0.0 and log[1]["phase"] == 0 and log[3]["phase"] == 1
 

@@ -26,7 +26,7 @@ from swaa_attn import (
     visible_pairs,
     visible_pairs_varlen,
 )
-from swaa_attn.ops import KernelConfig, select_config, swaa_attn_varlen_triton
+from swaa_attn.ops import GPU_CONFIGS, KernelConfig, select_config, swaa_attn_varlen_triton
 
 HAS_CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if HAS_CUDA else "cpu"
@@ -210,8 +210,9 @@ def test_tile_shapes(block_m, block_n, block_m1, block_n1, block_m2, block_n2):
         {"fwd_tma": True, "bwd_tma": True},
         {"fwd_tma": True, "bwd_tma": True, "bwd_fused": True},
         {"bwd_fused": True, "dq_tma": True},
+        {"fwd_tma": True, "bwd_tma": True, "bwd_fused": False, "dq_tma": False},  # the deterministic backward
     ],
-    ids=["fused", "tma", "tma-fused", "fused-dq-tma"],
+    ids=["fused", "tma", "tma-fused", "fused-dq-tma", "tma-dq-kernel"],
 )
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 def test_kernel_variants(variant, dtype):
@@ -528,6 +529,45 @@ gpu = pytest.mark.skipif(not HAS_CUDA, reason="needs CUDA")
 )
 def test_real_sizes(case):
     run_and_compare(**case)
+
+
+@pytest.fixture
+def deterministic_algorithms():
+    was, warn_only = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    yield
+    torch.use_deterministic_algorithms(was, warn_only=warn_only)
+
+
+def test_deterministic_algorithms_leave_out_the_atomic_dq(deterministic_algorithms):
+    fused = [d for d, cfg in GPU_CONFIGS.items() if cfg.bwd_fused]
+    assert fused  # the head dim 64 default adds dQ with atomics
+    for head_dim in fused:
+        cfg = select_config(head_dim, torch.bfloat16, "cuda")
+        assert not cfg.bwd_fused and not cfg.dq_tma
+        assert cfg == dataclasses.replace(GPU_CONFIGS[head_dim], bwd_fused=False, dq_tma=False)
+    torch.use_deterministic_algorithms(False)
+    assert all(select_config(d, torch.bfloat16, "cuda").bwd_fused for d in fused)
+
+
+@pytest.mark.gpu
+@gpu
+def test_real_size_backward_is_bitwise_repeatable_when_deterministic(deterministic_algorithms):
+    """Head dim 64 (fused dQ by default): under deterministic algorithms two backward passes of
+    one pack give the same bits."""
+    g = torch.Generator().manual_seed(3)
+    lens = [9000, 3000, 777, 5000]
+    q, k, v = (torch.randn(sum(lens), h, 64, generator=g).to(DEVICE, torch.bfloat16) for h in (8, 2, 2))
+    dout = torch.randn(sum(lens), 8, 64, generator=g).to(DEVICE, torch.bfloat16)
+    cu = _cu(lens)
+    grads = []
+    for _ in range(2):
+        leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+        out = swaa_attn_varlen_triton(*leaves, cu, cu, max(lens), max(lens), window=1000, keep_first=37)
+        out.backward(dout)
+        grads.append([t.grad for t in leaves])
+    for first, second in zip(*grads):
+        assert torch.equal(first, second)
 
 
 @pytest.mark.gpu

@@ -27,8 +27,10 @@ learning-rate schedule follows whichever of the two is further along.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
 import random
 import time
 from dataclasses import asdict, dataclass, field
@@ -102,6 +104,14 @@ class PretrainArgs:
     )
     eval_rows: int = field(default=100, metadata={"help": "Held-out questions per check."})
     seed: int = field(default=0, metadata={"help": "Seed of the weights and of the document order."})
+    deterministic: bool = field(
+        default=True,
+        metadata={
+            "help": "Deterministic algorithms while pretraining (torch.use_deterministic_algorithms, warn-only; the "
+            "attention backward then leaves out its atomic dQ): one seed, one base on the same GPU and software. "
+            "Without it two runs of a seed drifted apart from step 25 and ended at 93% and 22% (docs/adaptation.md)."
+        },
+    )
     device: str | None = field(default=None, metadata={"help": "cuda or cpu (default: cuda if available)."})
 
     def __post_init__(self):
@@ -328,8 +338,29 @@ def build_model(args: PretrainArgs, tokenizer) -> PreTrainedModel:
     return model
 
 
+@contextlib.contextmanager
+def deterministic_algorithms(enabled: bool = True):
+    """torch.use_deterministic_algorithms(True, warn_only=True) inside the block (cuBLAS with a
+    fixed workspace), the previous setting after it; nothing when not `enabled`."""
+    if not enabled:
+        yield
+        return
+    was, warn_only = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # read when cuBLAS starts: set before any matmul
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(was, warn_only=warn_only)
+
+
 def pretrain(args: PretrainArgs) -> dict:
     """Train, save the model (bf16) and tokenizer to out_dir; return a summary."""
+    with deterministic_algorithms(args.deterministic):
+        return _pretrain(args)
+
+
+def _pretrain(args: PretrainArgs) -> dict:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -24,6 +24,7 @@ pointer offset is 64-bit.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -542,12 +543,16 @@ INTERPRETER_CONFIG = KernelConfig(block_m=32, block_n=32, block_m1=32, block_n1=
 
 
 def select_config(block_d: int, dtype: torch.dtype = torch.bfloat16, device_type: str = "cuda") -> KernelConfig:
-    """Tile shapes for a padded head dim; CPU tensors run under the Triton interpreter."""
+    """Tile shapes for a padded head dim; CPU tensors run under the Triton interpreter. Under
+    torch.use_deterministic_algorithms(True) the backward takes dQ from its own kernel, not from
+    the fused dK/dV kernel's atomics, whose order of additions changes from run to run (two
+    trainings of one seed drift apart; docs/adaptation.md)."""
     if device_type != "cuda":
         return INTERPRETER_CONFIG
-    if dtype == torch.float32:
-        return FP32_GPU_CONFIG
-    return GPU_CONFIGS[max(64, block_d)]
+    cfg = FP32_GPU_CONFIG if dtype == torch.float32 else GPU_CONFIGS[max(64, block_d)]
+    if cfg.bwd_fused and torch.are_deterministic_algorithms_enabled():
+        cfg = dataclasses.replace(cfg, bwd_fused=False, dq_tma=False)
+    return cfg
 
 
 def _tile_table(cu_seqlens: torch.Tensor, tile: int, total: int) -> tuple[torch.Tensor, torch.Tensor]:
