@@ -232,35 +232,32 @@ def test_relative_cost_mixes_full_and_sliding_layers():
 # ------------------------------------------------------------------------------------------
 # Every stage, toy sizes
 # ------------------------------------------------------------------------------------------
+def tiny_pretrain_args(data: Path, out: Path, **override):
+    """PretrainArgs of a 2-layer model (width 32, head dim 16 unless `override` says otherwise)."""
+    from experiments.adaptation.pretrain import PretrainArgs
+
+    fields = dict(hidden_size=32, num_layers=2, num_heads=2, num_kv_heads=1, intermediate_size=64, warmup_steps=1)
+    fields = {**fields, "num_workers": 0, "eval_every": 0, **override}
+    return PretrainArgs(data_dir=str(data), out_dir=str(out), tokenizer=str(TINY_QWEN3_DIR), **fields)
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_pretraining_one_seed_twice_gives_the_same_base_on_a_gpu(tmp_path):
     """Head dim 64, whose attention backward adds dQ with atomics unless deterministic algorithms
     are on (PretrainArgs.deterministic): two pretrainings of one seed, bit for bit the same."""
-    from experiments.adaptation.pretrain import PretrainArgs, pretrain
+    from experiments.adaptation.pretrain import pretrain
 
     data = tmp_path / "data"
     counts = {"train": 40, "train_short": 40, "lm": 10, "lm_short": 10, "drill": 20, "eval_short": 8}
     write_repro_data(data, counts, min_tokens=1024, max_tokens=4096, short_tokens=(64, 256), workers=0)
     weights = []
     for run in ("a", "b"):
-        args = PretrainArgs(
-            data_dir=str(data),
-            out_dir=str(tmp_path / run),
-            tokenizer=str(TINY_QWEN3_DIR),
-            hidden_size=128,
-            num_layers=2,
-            num_heads=2,
-            num_kv_heads=1,
-            intermediate_size=256,
-            tokens_per_step=16384,
-            max_steps=30,
-            warmup_steps=5,
-            num_workers=0,
-            log_every=5,
-            eval_every=0,
+        pretrain(
+            tiny_pretrain_args(
+                data, tmp_path / run, hidden_size=128, intermediate_size=256, tokens_per_step=16384, max_steps=30
+            )
         )
-        pretrain(args)
         weights.append((tmp_path / run / "model.safetensors").read_bytes())
     assert weights[0] == weights[1]
 
@@ -269,7 +266,7 @@ def test_pretraining_one_seed_twice_gives_the_same_base_on_a_gpu(tmp_path):
 def test_stages_end_to_end_on_cpu(tmp_path, monkeypatch):
     import experiments.adaptation.pretrain as pretrain_module
     from experiments.adaptation.ladder import pack_base, run_adaptation, unpack_base, write_report
-    from experiments.adaptation.pretrain import PretrainArgs, pretrain
+    from experiments.adaptation.pretrain import pretrain
 
     monkeypatch.chdir(tmp_path)
     seen_deterministic, packed_loss = [], pretrain_module.packed_loss
@@ -284,26 +281,18 @@ def test_stages_end_to_end_on_cpu(tmp_path, monkeypatch):
     counts = {"train": 6, "train_short": 6, "lm": 2, "lm_short": 2, "eval": 3, "drill": 4, "eval_short": 2}
     write_repro_data(data, counts, min_tokens=96, max_tokens=160, short_tokens=(64, 96), workers=0)
     summary = pretrain(
-        PretrainArgs(
-            data_dir=str(data),
-            out_dir=str(tmp_path / "trained"),
-            tokenizer=str(TINY_QWEN3_DIR),
-            hidden_size=32,
-            num_layers=2,
-            num_heads=2,
-            num_kv_heads=1,
-            intermediate_size=64,
+        tiny_pretrain_args(
+            data,
+            tmp_path / "trained",
             tokens_per_step=256,
             max_steps=4,
-            warmup_steps=1,
-            num_workers=0,
-            short_fraction=0.5,
             device="cpu",
             copy_warmup_steps=1,
             copy_every=2,
             copy_min_length=8,
             copy_max_length=16,
             log_every=1,
+            eval_every=100,
         )
     )
     log = [json.loads(line) for line in (tmp_path / "trained" / "pretrain_log.jsonl").read_text().splitlines()]
