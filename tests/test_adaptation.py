@@ -755,7 +755,7 @@ def toy_study(out_dir):
 @pytest.mark.slow
 def test_study_end_to_end_on_a_tiny_model(tmp_path, monkeypatch):
     from experiments.adaptation.report import write_study_report
-    from experiments.adaptation.study import collect_job, plan_jobs, read_rows, read_seed_logs, run_job, setting_name
+    from experiments.adaptation.study import collect_job, plan_jobs, read_results, read_rows, run_job, setting_name
 
     monkeypatch.chdir(tmp_path)
     study = toy_study(tmp_path / "study")
@@ -811,8 +811,8 @@ def test_study_end_to_end_on_a_tiny_model(tmp_path, monkeypatch):
     assert (tmp_path / "out" / "seed0" / "rows" / "rows-s0-pretrain.jsonl") in copied
 
     # Each LoRA's training log, beside the pretraining log: the report's per-seed tables read them.
-    logs = read_seed_logs([study.out_dir], "base/pretrain_log.jsonl")
-    logs |= read_seed_logs([study.out_dir], "lora_logs/*.jsonl")
+    assert read_results([study.out_dir])[0] == rows
+    logs = read_results([study.out_dir])[1]
     assert set(logs) == {(s, n) for s in study.seeds for n in ["pretrain_log", *(a.name for a in study.arms)]}
     assert all(any("loss" in e for e in logs[(s, a.name)]) for s in study.seeds for a in study.arms)
 

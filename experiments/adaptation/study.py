@@ -675,7 +675,9 @@ def read_results(paths: list[str | Path], separate_runs: bool = False) -> tuple[
     for k, group in enumerate(groups):
         offset = k * RUN_STRIDE
         rows += [{**row, "seed": offset + row["seed"]} for row in read_rows(group)]
-        found = read_seed_logs(group, "pretrain_log.jsonl") | read_seed_logs(group, "lora_logs/*.jsonl")
+        found = read_seed_logs(group, "base/pretrain_log.jsonl")  # an out_dir's own layout
+        found |= read_seed_logs(group, "pretrain_log.jsonl")  # collected (collect_job, collect_all)
+        found |= read_seed_logs(group, "lora_logs/*.jsonl")
         logs |= {(offset + seed, name): log for (seed, name), log in found.items()}
     return rows, logs
 
