@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
+from unittest import mock
 
 import pytest
 import torch
@@ -548,6 +550,15 @@ def test_deterministic_algorithms_leave_out_the_atomic_dq(deterministic_algorith
         assert cfg == dataclasses.replace(GPU_CONFIGS[head_dim], bwd_fused=False, dq_tma=False)
     torch.use_deterministic_algorithms(False)
     assert all(select_config(d, torch.bfloat16, "cuda").bwd_fused for d in fused)
+    # A recipe's `training.full_determinism: true`: the Trainer calls transformers' enable_full_determinism
+    # (which also sets environment variables and cuDNN flags: put back afterwards).
+    from transformers.trainer_utils import enable_full_determinism
+
+    cudnn = torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark
+    with mock.patch.dict(os.environ):
+        enable_full_determinism(0)
+        assert not any(select_config(d, torch.bfloat16, "cuda").bwd_fused for d in fused)
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = cudnn
 
 
 @pytest.mark.gpu
