@@ -833,6 +833,31 @@ def test_study_end_to_end_on_a_tiny_model(tmp_path, monkeypatch):
         assert (tmp_path / "report" / name).stat().st_size > 10_000
 
 
+def test_naive_swa_evidence_per_depth_bin():
+    from experiments.adaptation.stats import evaluate_targets, summarize
+
+    naive_acc = {s: (0.5, 0.0) for s in range(3)}  # the first half of the in-range questions, both depth bins
+    rows = synthetic_rows(
+        {
+            ("none", "full attention"): (FULL, None, {s: (1.0, 1.0) for s in range(3)}),
+            ("none", "SWA 512"): (NAIVE, None, naive_acc),
+        }
+    )
+    naive = next(
+        t
+        for t in evaluate_targets(
+            summarize(rows, resamples=50), "fa", FA_NAME, "SWA 512", depth_bins=("first 5%", "middle")
+        )
+        if "naive" in t["target"]
+    )
+    for name in ("first 5%", "middle"):
+        in_bin = [r for r in rows if r["depth_bin"] == name and r["seed"] == 0]
+        share = sum(r["correct"] for r in in_bin if r["setting"] == "SWA 512") / sum(
+            r["correct"] for r in in_bin if r["setting"] == "full attention"
+        )
+        assert f"; fact in the {name}: {100 * share:.1f}% of full" in naive["evidence"]
+
+
 def test_training_curve_start_end_and_largest_grad_norm():
     from experiments.adaptation.study import training_curve
 

@@ -429,7 +429,14 @@ def write_study_report(
     num_layers = rows[0]["num_layers"]
     names = _names(study, num_layers)
     lora = study.ladder_arm.name
-    targets = evaluate_targets(summary, lora, names["fa_decode"], names["naive"], min_seeds=len(study.seeds))
+    targets = evaluate_targets(
+        summary,
+        lora,
+        names["fa_decode"],
+        names["naive"],
+        min_seeds=len(study.seeds),
+        depth_bins=tuple(study.depth_bins),
+    )
     keys = [(NO_LORA, n) for n in names["ladder"]] + [(lora, n) for n in names["ladder"][3:]]
     keys += [(NO_LORA, study.arm_label(a)) for a in study.arms if a.group == "kv"]
     keys += [(a.name, study.arm_label(a)) for a in study.arms if a.group == "kv"]
