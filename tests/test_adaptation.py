@@ -946,6 +946,19 @@ def test_read_results_keeps_separate_runs_apart(tmp_path):
     assert _bases([0, 2, 100, 102]).startswith("4 bases of 2 runs (0, 2, 100, 102:")
 
 
+def test_write_task_data_writes_what_the_tasks_read(tmp_path):
+    from experiments.adaptation.study import write_task_data
+
+    study = toy_study(tmp_path / "study")
+    paths = write_task_data(study, ["base_probe", "arm:nofa_mix"])
+    assert set(paths) == {"eval_bins", "train", "train_mix"}
+    written = {p.stem for p in study.data_dir.glob("*.parquet")}
+    assert written == {"eval_bins", "train", "train_short", "train_mix"}  # the mix is made of train + train_short
+    assert pq.read_table(paths["train_mix"]).num_rows == 2 * min(
+        study.data_counts["train"], study.data_counts["train_short"]
+    )
+
+
 def test_a_probed_arm_waits_for_its_probe(tmp_path, monkeypatch):
     import experiments.adaptation.study as study_module
     from experiments.adaptation.study import Arm

@@ -7,6 +7,7 @@
     python -m experiments.adaptation.run_study parallel --tasks pretrain,base_ladder --deadline-s 540
                                        # every seed side by side on one GPU, stopping before the deadline
     python -m experiments.adaptation.run_study collect-all --to DIR    # every seed's rows and logs
+    python -m experiments.adaptation.run_study data --tasks pretrain   # only the data those tasks read
     python -m experiments.adaptation.run_study report --results outputs/adaptation --out outputs/adaptation/report
 
 --study names the StudyConfig YAML (default experiments/adaptation/study.yaml).
@@ -27,6 +28,7 @@ from experiments.adaptation.study import (
     run_job,
     run_parallel,
     run_tasks,
+    write_task_data,
 )
 
 
@@ -44,7 +46,7 @@ def format_plan(study: StudyConfig) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "action", choices=["plan", "job", "collect", "all", "report", "parallel", "lane", "collect-all"]
+        "action", choices=["plan", "job", "collect", "all", "report", "parallel", "lane", "collect-all", "data"]
     )
     parser.add_argument("job", nargs="?", help="job name (job, collect): see plan")
     parser.add_argument("--study", default="experiments/adaptation/study.yaml", help="the study's YAML")
@@ -57,7 +59,7 @@ def main() -> None:
         help="report: each --results directory is a run of its own (other bases under the same seeds): "
         "seed s of the k-th directory becomes base k*100+s",
     )
-    parser.add_argument("--tasks", default="", help="parallel, lane: comma-separated tasks (default: all)")
+    parser.add_argument("--tasks", default="", help="parallel, lane, data: comma-separated tasks (default: all)")
     parser.add_argument("--seed", type=int, help="lane: the seed")
     parser.add_argument("--lanes-per-seed", type=int, default=1, help="parallel: lanes of a seed whose base exists")
     parser.add_argument("--deadline-s", type=float, help="parallel: start no task that would end after this")
@@ -92,6 +94,9 @@ def main() -> None:
                 max_running=args.max_running,
             )  # fmt: skip
             sys.stdout.write(json.dumps(done) + "\n")
+    elif args.action == "data":
+        paths = write_task_data(study, [t for t in args.tasks.split(",") if t] or study.tasks())
+        sys.stdout.write("\n".join(map(str, paths.values())) + "\n")
     elif args.action == "collect-all":
         if not args.to:
             parser.error("collect-all needs --to")

@@ -724,6 +724,12 @@ def data_needed(study: StudyConfig, tasks: list[str]) -> list[str]:
     return list(dict.fromkeys(names))
 
 
+def write_task_data(study: StudyConfig, tasks: list[str]) -> dict[str, Path]:
+    """The data `tasks` read, written where missing with every core (before lanes that share the
+    cores start; or in a call of its own, to leave a later call's whole time to its tasks)."""
+    return ensure_data(dataclasses.replace(study, num_proc=os.cpu_count()), data_needed(study, tasks))
+
+
 def has_base(study: StudyConfig, seed: int) -> bool:
     return (study.seed_dir(seed) / "base" / "config.json").is_file()
 
@@ -803,8 +809,7 @@ def run_parallel(
     if max_running is not None and max_running < 1:
         raise ValueError(f"max_running must be at least 1, got {max_running}")
     deadline = time.time() + deadline_s if deadline_s else None  # the data's time counts too
-    # Once, before the lanes that read it start, with every core (the lanes share them: num_proc each).
-    ensure_data(dataclasses.replace(study, num_proc=os.cpu_count()), data_needed(study, tasks))
+    write_task_data(study, tasks)  # once, before the lanes that read it start
     root = str(Path(__file__).resolve().parents[2])  # the checkout: `experiments` from any directory
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
     waiting = list(enumerate(split_lanes(study, tasks, lanes_per_seed)))
