@@ -19,6 +19,7 @@ import sys
 
 from experiments.adaptation.data import show_progress
 from experiments.adaptation.study import (
+    RUN_STRIDE,
     StudyConfig,
     collect_all,
     collect_job,
@@ -57,7 +58,7 @@ def main() -> None:
         "--separate-runs",
         action="store_true",
         help="report: each --results directory is a run of its own (other bases under the same seeds): "
-        "seed s of the k-th directory becomes base k*100+s",
+        f"seed s of the k-th directory becomes base k*{RUN_STRIDE}+s",
     )
     parser.add_argument("--tasks", default="", help="parallel, lane, data: comma-separated tasks (default: all)")
     parser.add_argument("--seed", type=int, help="lane: the seed")
@@ -69,6 +70,7 @@ def main() -> None:
     parser.add_argument("--resamples", type=int, default=2000, help="report: bootstrap resamples")
     args = parser.parse_args()
     study = StudyConfig.load(args.study)
+    tasks = [t for t in args.tasks.split(",") if t] or study.tasks()
     show_progress()
     if args.action == "plan":
         sys.stdout.write(format_plan(study) + "\n")
@@ -83,7 +85,6 @@ def main() -> None:
                 parser.error("collect needs --to")
             sys.stdout.write("\n".join(map(str, collect_job(study, job, args.to))) + "\n")
     elif args.action in ("parallel", "lane"):
-        tasks = [t for t in args.tasks.split(",") if t] or study.tasks()
         if args.action == "lane":
             if args.seed is None:
                 parser.error("lane needs --seed")
@@ -95,7 +96,7 @@ def main() -> None:
             )  # fmt: skip
             sys.stdout.write(json.dumps(done) + "\n")
     elif args.action == "data":
-        paths = write_task_data(study, [t for t in args.tasks.split(",") if t] or study.tasks())
+        paths = write_task_data(study, tasks)
         sys.stdout.write("\n".join(map(str, paths.values())) + "\n")
     elif args.action == "collect-all":
         if not args.to:
