@@ -644,6 +644,39 @@ def test_compare_pairs_seeds_and_questions():
     assert low == high == pytest.approx(0.25)
 
 
+def test_every_fa_decode_lora_gets_a_target_row_of_its_own(tmp_path):
+    """A second FA-decode LoRA (another learning rate) is judged on its own row, after the four;
+    the ladder's verdict does not change, and a LoRA with no rows adds nothing."""
+    from experiments.adaptation.stats import evaluate_targets, summarize
+
+    seeds = range(3)
+    rows = synthetic_rows(
+        {
+            ("none", "full attention"): (FULL, None, {s: (0.9, 0.9) for s in seeds}),
+            ("none", "SWA 512"): (NAIVE, None, {s: (0.0, 0.0) for s in seeds}),
+            ("fa", FA_NAME): (FA, "x", {s: (0.7, 0.7) for s in seeds}),  # 78% of full
+            ("fa_low_lr", FA_NAME): (FA, "x", {s: (0.9, 0.9) for s in seeds}),  # 100% of full
+        },
+        questions=80,
+    )
+    summary = summarize(rows, resamples=300)
+    targets = evaluate_targets(summary, "fa", FA_NAME, "SWA 512", other_fa_decode_loras=("fa_low_lr", "absent"))
+    assert [t["met"] for t in targets] == [True, True, False, None, True]
+    assert targets[4]["target"].endswith("(LoRA fa_low_lr)") and "LoRA fa_low_lr: 100.0%" in targets[4]["evidence"]
+    assert evaluate_targets(summary, "fa", FA_NAME, "SWA 512")[:4] == targets[:4]
+
+
+def test_an_fa_decode_arm_is_also_evaluated_on_the_ladders_fa_decode_rung_and_full_attention():
+    from experiments.adaptation.study import StudyConfig
+
+    study = StudyConfig()
+    arm = next(a for a in study.arms if a.name == "fa_decode_lr1e-4")
+    assert arm in study.fa_decode_arms and study.ladder_arm not in study.fa_decode_arms
+    assert study.arm_settings(arm, 8) == [arm.swaa, SWAAConfig(512, 32, True), SWAAConfig()]
+    no_fa = next(a for a in study.arms if a.name == "no_fa")
+    assert study.arm_settings(no_fa, 8) == [no_fa.swaa, SWAAConfig(512, 32, True, [1, 5])]
+
+
 def test_targets_not_run_without_rows():
     from experiments.adaptation.stats import evaluate_targets
 

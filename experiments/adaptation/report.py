@@ -55,7 +55,7 @@ def _names(study: StudyConfig, num_layers: int) -> dict[str, list[str]]:
     return {
         "ladder": ladder,
         "naive": setting_name(SWAAConfig(study.window)),
-        "fa_decode": setting_name(SWAAConfig(study.window, study.sinks, True)),
+        "fa_decode": setting_name(study.fa_decode_setting()),
     }
 
 
@@ -436,8 +436,10 @@ def write_study_report(
         names["naive"],
         min_seeds=len(study.seeds),
         depth_bins=tuple(study.depth_bins),
+        other_fa_decode_loras=tuple(a.name for a in study.fa_decode_arms),
     )
     keys = [(NO_LORA, n) for n in names["ladder"]] + [(lora, n) for n in names["ladder"][3:]]
+    keys += [(a.name, n) for a in study.fa_decode_arms for n in (names["ladder"][0], names["fa_decode"])]
     keys += [(NO_LORA, study.arm_label(a)) for a in study.arms if a.group == "kv"]
     keys += [(a.name, study.arm_label(a)) for a in study.arms if a.group == "kv"]
     keys += [(NO_LORA, r["setting"]) for r in summary if r["lora"] == NO_LORA and PROBED in r["setting"]]

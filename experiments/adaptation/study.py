@@ -249,8 +249,24 @@ class StudyConfig:
         """What the arm's LoRA is evaluated under (`arm` as `seed_arm` gives it, for a probed one)."""
         if arm.eval_ladder:
             return self.ladder(num_layers)
-        with_fa = dataclasses.replace(arm.swaa, force_fa_decode=True)
-        return [arm.swaa] if arm.swaa.force_fa_decode is True else [arm.swaa, with_fa]
+        if arm.swaa.force_fa_decode is True:
+            # Another FA-decode LoRA: also the ladder's FA-decode rung (the FA-decode target) and
+            # full attention (whether the LoRA costs the model what it had).
+            out = [arm.swaa]
+            for extra in (self.fa_decode_setting(), SWAAConfig()):
+                if extra not in out:
+                    out.append(extra)
+            return out
+        return [arm.swaa, dataclasses.replace(arm.swaa, force_fa_decode=True)]
+
+    def fa_decode_setting(self) -> SWAAConfig:
+        """The ladder's FA-decode rung: window and sinks, FA decode, no full layers."""
+        return SWAAConfig(self.window, self.sinks, True)
+
+    @property
+    def fa_decode_arms(self) -> list[Arm]:
+        """The LoRAs trained with FA decode besides the ladder's (each gets a row of the FA-decode target)."""
+        return [a for a in self.arms if not a.eval_ladder and a.swaa.force_fa_decode is True]
 
     def probe_path(self, seed: int) -> Path:
         return self.seed_dir(seed) / "probe.json"
