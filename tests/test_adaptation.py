@@ -1173,6 +1173,29 @@ def test_target_verdicts_say_whether_the_intervals_agree(accuracy, agrees):
     assert full["met"] == (accuracy >= 0.85) and full["interval_agrees"] is agrees
 
 
+def test_arms_table_gives_what_each_lora_adds_paired_with_its_base():
+    from experiments.adaptation.report import arms_table
+    from experiments.adaptation.stats import summarize
+    from experiments.adaptation.study import Arm, StudyConfig, setting_name
+
+    study = StudyConfig(
+        arms=[Arm("fa", SWAAConfig(512, 32, True, [1, 5]), group="ladder", eval_ladder=True), Arm("nofa", NO_FA)],
+        sweep_reference="nofa",
+    )
+    own = setting_name(NO_FA)
+    rows = synthetic_rows(
+        {
+            ("none", "full attention"): (FULL, None, {s: (0.9, 0.0) for s in range(3)}),
+            ("none", own): (NO_FA, None, {0: (0.5, 0.0), 1: (0.4, 0.0), 2: (0.6, 0.0)}),
+            ("nofa", own): (NO_FA, own, {0: (0.7, 0.0), 1: (0.6, 0.0), 2: (0.8, 0.0)}),
+        }
+    )
+    line = next(x for x in arms_table(summarize(rows, resamples=100), study, rows, 100).splitlines() if "| nofa |" in x)
+    # Every seed gains 20 points: paired, the t interval has no width (unpaired, it would span the seeds).
+    assert "| 50.0% [t 25, 75;" in line and "| 70.0% [t 45, 95;" in line
+    assert "| 20.0% [t 20, 20;" in line
+
+
 def test_pareto_keeps_the_points_nothing_beats():
     from experiments.adaptation.report import pareto
 

@@ -109,21 +109,24 @@ def arm_rows(summary: list[dict], study: StudyConfig, subset: str = "in range") 
     return out
 
 
-def arms_table(summary: list[dict], study: StudyConfig) -> str:
+def arms_table(summary: list[dict], study: StudyConfig, rows: list[dict], resamples: int = 2000) -> str:
+    """Each LoRA under its own setting, beside the base under it; "what the LoRA adds" is with
+    minus without, paired by seed and question (stats.compare)."""
     lines = [
         "| LoRA | trained under | arm | steps | KV saved | prefill cost | no LoRA | with its LoRA | "
-        "vs full | its LoRA + FA decode |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "what the LoRA adds | vs full | its LoRA + FA decode |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in arm_rows(summary, study):
         arm, rec = r["arm"], r["lora"]
         if rec is None:
             continue
         steps = rec["lora_steps"]
+        added = compare(rows, (arm.name, r["setting"]), (NO_LORA, r["setting"]), resamples=resamples)
         lines.append(
             f"| {arm.name} | {r['setting']} | {arm.group}{f': {arm.factor} = {arm.level}' if arm.factor else ''} | "
             f"{min(steps)}-{max(steps)} | {pct(rec['kv_cache_saved'], 0)} | {pct(rec['prefill_cost'])} | "
-            f"{cell(r['base'])} | {cell(rec)} | {cell(rec, relative=True)} | {cell(r['lora_fa'])} |"
+            f"{cell(r['base'])} | {cell(rec)} | {cell(added)} | {cell(rec, relative=True)} | {cell(r['lora_fa'])} |"
         )
     return "\n".join(lines)
 
@@ -466,7 +469,8 @@ def write_study_report(
             f"![bins]({plots['bins'].name})",
             "## Which layers keep full attention, without FA decode and without LoRA (in-range questions)\n\n"
             + placement_table(summary, rows),
-            "## Every LoRA under its own setting (in-range questions)\n\n" + arms_table(summary, study),
+            "## Every LoRA under its own setting (in-range questions)\n\n"
+            + arms_table(summary, study, rows, resamples),
             "## The bases and the LoRAs, seed by seed\n\n"
             + bases_table(summary, {k: v for k, v in logs.items() if k[1] == "pretrain_log"})
             + "\n\n"
