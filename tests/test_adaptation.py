@@ -979,6 +979,28 @@ def test_read_results_keeps_separate_runs_apart(tmp_path):
     assert _bases([0, 2, 100, 102]).startswith("4 bases of 2 runs (0, 2, 100, 102:")
 
 
+def test_runs_pool_as_one_only_where_their_bases_are_the_same(tmp_path):
+    """Seed 1's pretraining logs agree but for their timings (a deterministic pretraining, repeated):
+    one base, pooled. Where they differ the two runs hold two bases, and pooling them as one is refused."""
+    from experiments.adaptation.study import read_results
+
+    rows = synthetic_rows({("none", "full attention"): (FULL, None, {1: (1.0, 0.0)})}, questions=4)
+    log = [{"step": 25, "answer_loss": 0.5}, {"step": 50, "answer_loss": 0.25}]
+    for run, elapsed, layout in (("a", 1.0, "base/pretrain_log.jsonl"), ("b", 2.0, "pretrain_log.jsonl")):
+        seed_dir = tmp_path / run / "seed1"
+        (seed_dir / "rows").mkdir(parents=True)
+        (seed_dir / "rows" / f"rows-s1-{run}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        (seed_dir / layout).parent.mkdir(parents=True, exist_ok=True)
+        (seed_dir / layout).write_text("".join(json.dumps({**e, "elapsed_s": elapsed}) + "\n" for e in log))
+    merged, _ = read_results([tmp_path / "a", tmp_path / "b"])
+    assert {r["seed"] for r in merged} == {1} and len(merged) == 2 * len(rows)
+    log[1]["answer_loss"] = 0.26
+    (tmp_path / "b" / "seed1" / "pretrain_log.jsonl").write_text("".join(json.dumps(e) + "\n" for e in log))
+    with pytest.raises(ValueError, match=r"seed 1: the pretraining logs .* differ \(entry 1\).*--separate-runs"):
+        read_results([tmp_path / "a", tmp_path / "b"])
+    assert len(read_results([tmp_path / "a", tmp_path / "b"], separate_runs=True)[0]) == 2 * len(rows)
+
+
 def test_write_task_data_writes_what_the_tasks_read(tmp_path):
     from experiments.adaptation.study import write_task_data
 

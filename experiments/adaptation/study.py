@@ -678,6 +678,36 @@ def read_seed_logs(paths: list[str | Path], name: str) -> dict[tuple[int, str], 
 
 
 RUN_STRIDE = 100  # read_results(separate_runs=True): seed s of the k-th run becomes base k * 100 + s
+TIMING_KEYS = ("elapsed_s",)  # what differs between two pretrainings of one base
+
+
+def pretrain_logs(path: str | Path) -> dict[int, list[dict]]:
+    """Each seed's pretraining log under `path` (an out_dir's or collected layout), without its timings."""
+    found = read_seed_logs([path], "base/pretrain_log.jsonl") | read_seed_logs([path], "pretrain_log.jsonl")
+    return {
+        seed: [{k: v for k, v in e.items() if k not in TIMING_KEYS} for e in log] for (seed, _), log in found.items()
+    }
+
+
+def check_same_bases(paths: list[str | Path]) -> None:
+    """Rows from several paths pool as one run only if each seed's base is the same in all of them:
+    two paths whose pretraining logs of a seed differ hold two bases (pretraining was not
+    deterministic, or the code changed), and a ValueError names the seed, the paths and the first
+    entry that differs. Deterministic pretraining (PretrainArgs.deterministic) on the same GPU model
+    and software gives the same log, so LoRAs trained on another day pool with earlier ones."""
+    seen: dict[int, tuple[Path, list[dict]]] = {}
+    for path in map(Path, paths):
+        for seed, log in pretrain_logs(path).items():
+            if seed not in seen:
+                seen[seed] = (path, log)
+                continue
+            first, other = seen[seed]
+            if other != log:
+                step = next((i for i, (a, b) in enumerate(zip(other, log)) if a != b), min(len(other), len(log)))
+                raise ValueError(
+                    f"seed {seed}: the pretraining logs under {first} and {path} differ (entry {step}): they are "
+                    "two bases; report them with --separate-runs"
+                )
 
 
 def read_results(paths: list[str | Path], separate_runs: bool = False) -> tuple[list[dict], dict]:
@@ -687,6 +717,8 @@ def read_results(paths: list[str | Path], separate_runs: bool = False) -> tuple[
     (pretraining is not bitwise reproducible on a GPU): seed s of the k-th path becomes base
     k * RUN_STRIDE + s, so that each base is paired only with its own rows."""
     groups = [[p] for p in paths] if separate_runs else [list(paths)]
+    if not separate_runs:
+        check_same_bases(paths)
     rows, logs = [], {}
     for k, group in enumerate(groups):
         offset = k * RUN_STRIDE
