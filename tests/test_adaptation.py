@@ -255,11 +255,48 @@ def test_pretraining_one_seed_twice_gives_the_same_base_on_a_gpu(tmp_path):
     for run in ("a", "b"):
         pretrain(
             tiny_pretrain_args(
-                data, tmp_path / run, hidden_size=128, intermediate_size=256, tokens_per_step=16384, max_steps=30
+                data,
+                tmp_path / run,
+                hidden_size=128,
+                intermediate_size=256,
+                tokens_per_step=16384,
+                max_steps=30,
+                schedule="steps",  # the study's: the rate does not follow the clock
             )
         )
         weights.append((tmp_path / run / "model.safetensors").read_bytes())
     assert weights[0] == weights[1]
+
+
+def test_a_step_schedule_makes_the_base_independent_of_the_clock(tmp_path, monkeypatch):
+    """Under schedule: steps the learning rate follows the step count alone: two runs of one seed on
+    a fast and a slow clock give the same rates and the same weights. Under steps_or_time the slow
+    clock moves the rate of the early steps (what kept the study's bases apart)."""
+    import types
+
+    import experiments.adaptation.pretrain as pretrain_module
+    from experiments.adaptation.pretrain import pretrain
+
+    data = tmp_path / "data"
+    counts = {"train": 6, "train_short": 6, "lm": 2, "lm_short": 2, "drill": 4}
+    write_repro_data(data, counts, min_tokens=96, max_tokens=160, short_tokens=(64, 96), workers=0)
+
+    def run(name, schedule, seconds_per_call):
+        clock = iter(range(0, 10**6, seconds_per_call))
+        monkeypatch.setattr(pretrain_module, "time", types.SimpleNamespace(monotonic=lambda: float(next(clock))))
+        args = tiny_pretrain_args(
+            data, tmp_path / name, tokens_per_step=256, max_steps=6, time_budget_s=1000.0, schedule=schedule,
+            device="cpu", copy_warmup_steps=0, copy_every=0, log_every=1, eval_every=0, deterministic=False,
+        )  # fmt: skip
+        pretrain(args)
+        log = [json.loads(line) for line in (tmp_path / name / "pretrain_log.jsonl").read_text().splitlines()]
+        return [e["lr"] for e in log], (tmp_path / name / "model.safetensors").read_bytes()
+
+    fast, slow = run("fast", "steps", 1), run("slow", "steps", 30)
+    assert len(fast[0]) == 6 and fast == slow
+    assert run("clock", "steps_or_time", 30)[0] != slow[0]
+    with pytest.raises(ValueError, match="schedule must be"):
+        tiny_pretrain_args(data, tmp_path / "bad", schedule="time")
 
 
 @pytest.mark.slow
@@ -982,6 +1019,9 @@ def test_read_results_keeps_separate_runs_apart(tmp_path):
 def test_runs_pool_as_one_only_where_their_bases_are_the_same(tmp_path):
     """Seed 1's pretraining logs agree but for their timings (a deterministic pretraining, repeated):
     one base, pooled. Where they differ the two runs hold two bases, and pooling them as one is refused."""
+    import subprocess
+    import sys
+
     from experiments.adaptation.study import read_results
 
     rows = synthetic_rows({("none", "full attention"): (FULL, None, {1: (1.0, 0.0)})}, questions=4)
@@ -999,6 +1039,19 @@ def test_runs_pool_as_one_only_where_their_bases_are_the_same(tmp_path):
     with pytest.raises(ValueError, match=r"seed 1: the pretraining logs .* differ \(entry 1\).*--separate-runs"):
         read_results([tmp_path / "a", tmp_path / "b"])
     assert len(read_results([tmp_path / "a", tmp_path / "b"], separate_runs=True)[0]) == 2 * len(rows)
+    # The command a GPU call runs after pretraining again, to know whether its bases are the earlier ones.
+    root = Path(__file__).resolve().parent.parent
+    command = [sys.executable, "-m", "experiments.adaptation.run_study", "same-bases", "--results"]
+    differ = subprocess.run(
+        command + [str(tmp_path / "a"), str(tmp_path / "b")], cwd=root, capture_output=True, text=True
+    )
+    assert differ.returncode == 1 and "different bases: seed 1:" in differ.stderr
+    log[1]["answer_loss"] = 0.25
+    (tmp_path / "b" / "seed1" / "pretrain_log.jsonl").write_text("".join(json.dumps(e) + "\n" for e in log))
+    same = subprocess.run(
+        command + [str(tmp_path / "a"), str(tmp_path / "b")], cwd=root, capture_output=True, text=True
+    )
+    assert same.returncode == 0 and same.stdout.startswith("same bases: seed(s) 1;")
 
 
 def test_write_task_data_writes_what_the_tasks_read(tmp_path):

@@ -22,7 +22,8 @@ never left the copy-the-question plateau; with drills of 1-8 facts it starts to 
 up (docs/adaptation.md, "CPU study"). With `eval_every`, the log also holds the teacher-forced
 exact-answer share on held-out short questions (eval_short.parquet): the signal to watch. The run stops
 at `max_steps` or after `time_budget_s` of wall-clock time, whichever comes first; the
-learning-rate schedule follows whichever of the two is further along.
+learning-rate schedule follows whichever of the two is further along, or the steps alone
+(`schedule: steps`, the multi-seed study's setting: a seed then names one base).
 """
 
 from __future__ import annotations
@@ -79,6 +80,15 @@ class PretrainArgs:
     warmup_steps: int = field(default=100, metadata={"help": "Linear warm-up steps."})
     max_steps: int = field(default=100000, metadata={"help": "Stop after this many steps..."})
     time_budget_s: float = field(default=240.0, metadata={"help": "...or after this many seconds."})
+    schedule: str = field(
+        default="steps_or_time",
+        metadata={
+            "help": "What the learning-rate schedule and the curriculum follow: steps_or_time (whichever of "
+            "max_steps and time_budget_s is further along: a run on a clock) or steps (max_steps only; the time "
+            "budget only stops the run). Only steps makes a seed's base independent of how fast the steps ran: "
+            "the first steps of a run are slow, and under steps_or_time their learning rate follows the clock."
+        },
+    )
     short_fraction: float = field(default=0.5, metadata={"help": "Share of the run on short questions."})
     copy_warmup_steps: int = field(
         default=200,
@@ -117,6 +127,8 @@ class PretrainArgs:
     def __post_init__(self):
         if self.hidden_size % self.num_heads or self.num_heads % self.num_kv_heads:
             raise ValueError(f"num_heads must divide hidden_size and num_kv_heads num_heads: {self}")
+        if self.schedule not in ("steps_or_time", "steps"):
+            raise ValueError(f"schedule must be steps_or_time or steps, got {self.schedule!r}")
         if not 0.0 <= self.short_fraction < 1.0:
             raise ValueError(f"short_fraction must be in [0, 1), got {self.short_fraction}")
         if min(self.copy_warmup_steps, self.copy_every) < 0 or not 1 <= self.copy_min_length <= self.copy_max_length:
@@ -405,9 +417,10 @@ def _pretrain(args: PretrainArgs) -> dict:
     log_path = out / "pretrain_log.jsonl"
     start, step, tokens, log = time.monotonic(), 0, 0, open(log_path, "w")
     while step < args.max_steps:
-        progress = max(step / args.max_steps, (time.monotonic() - start) / args.time_budget_s)
-        if progress >= 1.0:
+        by_steps, by_time = step / args.max_steps, (time.monotonic() - start) / args.time_budget_s
+        if max(by_steps, by_time) >= 1.0:
             break
+        progress = by_steps if args.schedule == "steps" else max(by_steps, by_time)
         phase = 0 if progress < args.short_fraction else 1
         copy = args.is_copy_step(step)
         batch = next(copies if copy else streams[phase])

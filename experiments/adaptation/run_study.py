@@ -21,10 +21,12 @@ from experiments.adaptation.data import show_progress
 from experiments.adaptation.study import (
     RUN_STRIDE,
     StudyConfig,
+    check_same_bases,
     collect_all,
     collect_job,
     find_job,
     plan_jobs,
+    pretrain_logs,
     read_results,
     run_job,
     run_parallel,
@@ -47,7 +49,8 @@ def format_plan(study: StudyConfig) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "action", choices=["plan", "job", "collect", "all", "report", "parallel", "lane", "collect-all", "data"]
+        "action",
+        choices=["plan", "job", "collect", "all", "report", "parallel", "lane", "collect-all", "data", "same-bases"],
     )
     parser.add_argument("job", nargs="?", help="job name (job, collect): see plan")
     parser.add_argument("--study", default="experiments/adaptation/study.yaml", help="the study's YAML")
@@ -102,6 +105,19 @@ def main() -> None:
         if not args.to:
             parser.error("collect-all needs --to")
         sys.stdout.write("\n".join(map(str, collect_all(study, args.to))) + "\n")
+    elif args.action == "same-bases":
+        results = args.results or [study.out_dir]
+        if len(results) < 2:
+            parser.error("same-bases needs --results A B ...: the runs whose bases to compare")
+        try:
+            check_same_bases(results)
+        except ValueError as error:
+            sys.exit(f"different bases: {error}")
+        found = [set(pretrain_logs(p)) for p in results]
+        shared = sorted(s for s in set().union(*found) if sum(s in f for f in found) > 1)
+        if not shared:
+            sys.exit(f"no seed has a pretraining log in two of {results}: nothing to compare")
+        sys.stdout.write(f"same bases: seed(s) {', '.join(map(str, shared))}; pool them with report --results\n")
     elif args.action == "all":
         for job in plan_jobs(study):
             run_job(study, job)

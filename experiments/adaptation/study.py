@@ -306,8 +306,8 @@ def default_arms(window: int = 512, sinks: int = 32, full_layers: list[int] | No
     """The LoRAs of issue 14 for an 8-layer model: the ladder's (FA decode), the KV-saving ones
     (no FA decode: sinks + interleaving; every other layer full), and a sweep around the first
     KV-saving one, one factor at a time: full-layer count, window, learning rate, steps, data, and
-    the full layers chosen per base by the probe; and the FA-decode and probed LoRAs at a lower
-    learning rate, each against its own arm."""
+    the full layers chosen per base by the probe; and the FA-decode, probed and every-other-layer
+    LoRAs at a lower learning rate, each against its own arm."""
     full_layers = full_layers or [1, 5]
     no_fa = lambda w=window, layers=full_layers: SWAAConfig(w, sinks, False, layers)
     return [
@@ -327,6 +327,9 @@ def default_arms(window: int = 512, sinks: int = 32, full_layers: list[int] | No
             level="1e-4, FA decode", learning_rate=1e-4, reference="fa_decode"),
         Arm("no_fa_probed_lr1e-4", no_fa(layers=[]), group="sweep", factor="learning rate",
             level="1e-4, probed layers", learning_rate=1e-4, probed=True, reference="no_fa_probed"),
+        # Both helped at 1e-4 where 1e-3 hurt (run 3): the other KV-saving setting at that rate.
+        Arm("no_fa_every_other_lr1e-4", no_fa(layers=[1, 3, 5, 7]), group="sweep", factor="learning rate",
+            level="1e-4, every other layer", learning_rate=1e-4, reference="no_fa_every_other"),
     ]  # fmt: skip
 
 
