@@ -1271,6 +1271,29 @@ def test_arms_table_gives_what_each_lora_adds_paired_with_its_base():
     assert "| 20.0% [t 20, 20;" in line
 
 
+def test_the_ladder_shows_every_fa_decode_lora_on_the_rungs_it_was_evaluated_on(tmp_path):
+    from experiments.adaptation.report import ladder_table, plot_ladder
+    from experiments.adaptation.stats import summarize
+
+    ladder = ["full attention", "SWA 512", FA_NAME]
+    rows = synthetic_rows(
+        {
+            ("none", "full attention"): (FULL, None, {s: (0.9, 0.5) for s in range(3)}),
+            ("none", "SWA 512"): (NAIVE, None, {s: (0.1, 0.0) for s in range(3)}),
+            ("none", FA_NAME): (FA, None, {s: (0.9, 0.5) for s in range(3)}),
+            ("low_lr", "full attention"): (FULL, "x", {s: (0.95, 0.5) for s in range(3)}),
+            ("low_lr", FA_NAME): (FA, "x", {s: (0.95, 0.5) for s in range(3)}),
+        }
+    )
+    summary = summarize(rows, resamples=100)
+    table = ladder_table(summary, ladder, ["fa", "low_lr"]).splitlines()
+    assert [line.split(" | ")[:2] for line in table[2:]] == [
+        ["| full attention", "none"], ["| SWA 512", "none"], [f"| {FA_NAME}", "none"],
+        ["| full attention", "low_lr"], [f"| {FA_NAME}", "low_lr"],
+    ]  # fmt: skip
+    assert plot_ladder(summary, ladder, ["fa", "low_lr"], tmp_path / "ladder.png").stat().st_size > 0
+
+
 def test_pareto_keeps_the_points_nothing_beats():
     from experiments.adaptation.report import pareto
 

@@ -62,12 +62,12 @@ def _names(study: StudyConfig, num_layers: int) -> dict[str, list[str]]:
 # ------------------------------------------------------------------------------------------
 # Tables
 # ------------------------------------------------------------------------------------------
-def ladder_table(summary: list[dict], ladder: list[str], lora: str) -> str:
+def ladder_table(summary: list[dict], ladder: list[str], loras: list[str]) -> str:
     lines = [
         "| setting | LoRA | all questions | in range | beyond range | vs full (in range) | KV saved | prefill cost |",
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
-    for who in (NO_LORA, lora):
+    for who in (NO_LORA, *loras):
         for name in ladder:
             rec = {s: find(summary, who, name, s) for s in ("all", "in range", "beyond range")}
             if rec["all"] is None:
@@ -268,17 +268,20 @@ def _errorbar(ax, x, records, **kwargs):
     return ax.errorbar(x, means, yerr=yerr, capsize=3, **kwargs)
 
 
-def plot_ladder(summary: list[dict], ladder: list[str], lora: str, path: Path, subset: str = "all") -> Path:
-    """Accuracy of the ladder without and with the LoRA: bars, t interval, bootstrap interval, seeds."""
+def plot_ladder(summary: list[dict], ladder: list[str], loras: list[str], path: Path, subset: str = "all") -> Path:
+    """Accuracy of the ladder without and with each LoRA of `loras` that has rows on it (a bar per
+    rung it was evaluated on): bars, t interval, bootstrap interval, seeds."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8, 4.2), dpi=130)
-    for k, (who, color) in enumerate(((NO_LORA, "tab:gray"), (lora, "tab:blue"))):
+    groups = [w for w in (NO_LORA, *loras) if any(find(summary, w, name, subset) for name in ladder)]
+    width = 0.76 / max(len(groups), 1)
+    colors = ("tab:gray", "tab:blue", "tab:green", "tab:orange", "tab:purple")
+    for k, who in enumerate(groups):
         records = [find(summary, who, name, subset) for name in ladder]
-        xs = [i + (k - 0.5) * 0.38 for i, r in enumerate(records) if r]
+        xs = [i + (k - (len(groups) - 1) / 2) * width for i, r in enumerate(records) if r]
         records = [r for r in records if r]
-        if not records:
-            continue
-        ax.bar(xs, [100 * r["mean"] for r in records], width=0.36, color=color, alpha=0.6, label=f"LoRA: {who}")
+        color = colors[k % len(colors)]
+        ax.bar(xs, [100 * r["mean"] for r in records], width=width * 0.95, color=color, alpha=0.6, label=f"LoRA: {who}")
         with_t = [(x, r) for x, r in zip(xs, records) if r["t_interval"][0] is not None]  # 2+ seeds
         if with_t:
             _errorbar(ax, [x for x, _ in with_t], [r for _, r in with_t], fmt="none", ecolor="k", lw=1.2)
@@ -432,6 +435,7 @@ def write_study_report(
     num_layers = rows[0]["num_layers"]
     names = _names(study, num_layers)
     lora = study.ladder_arm.name
+    ladder_loras = [lora, *(a.name for a in study.fa_decode_arms)]
     targets = evaluate_targets(
         summary,
         lora,
@@ -453,7 +457,7 @@ def write_study_report(
     seeds = sorted({r["seed"] for r in rows})
     questions = len({r["index"] for r in rows})
     plots = {
-        "ladder": plot_ladder(summary, names["ladder"], lora, out / f"{plot_prefix}ladder.png"),
+        "ladder": plot_ladder(summary, names["ladder"], ladder_loras, out / f"{plot_prefix}ladder.png"),
         "bins": plot_bins(summary, plotted, length_bins, depth_bins, out / f"{plot_prefix}bins.png"),
         "tradeoff": plot_tradeoff(summary, study, out / f"{plot_prefix}tradeoff.png"),
     }
@@ -462,7 +466,8 @@ def write_study_report(
             f"# Adaptation study: {_bases(seeds)} x {questions} questions",
             "Each cell: mean over seeds (t: 95% t interval over seeds; boot: 95% bootstrap over questions).",
             "## Targets (in-range questions)\n\n" + targets_table(targets),
-            "## The ladder, without and with the FA-decode LoRA\n\n" + ladder_table(summary, names["ladder"], lora),
+            "## The ladder, without and with the FA-decode LoRAs (each on the rungs it was evaluated on)\n\n"
+            + ladder_table(summary, names["ladder"], ladder_loras),
             f"![ladder]({plots['ladder'].name})",
             "## Per length bin and per depth bin (mean ± half the t interval, %; bootstrap intervals in summary.json)\n\n"
             + bins_table(summary, keys, length_bins + depth_bins),
