@@ -1104,9 +1104,18 @@ def test_lanes_split_a_seed_only_once_its_base_exists(tmp_path):
     assert lanes[0] == (0, tasks)
     seed1 = [lane for seed, lane in lanes if seed == 1]
     assert len(seed1) == 2 and sorted(t for lane in seed1 for t in lane) == sorted(tasks[1:])
-    # Dealt by estimate: the lanes' estimated work differs by at most the largest task.
+    # Dealt by estimate: the lanes' estimated work differs by at most the largest task (or the
+    # probe with its probed arms, which go together).
     work = [sum(estimate_s(study, t) for t in lane) for lane in seed1]
-    assert abs(work[0] - work[1]) <= max(estimate_s(study, t) for t in tasks[1:])
+    probed = [f"arm:{a.name}" for a in study.arms if a.probed]
+    assert probed and next(lane for lane in seed1 if "base_probe" in lane)[-len(probed) :] == probed
+    largest = max(estimate_s(study, "base_probe") + sum(estimate_s(study, t) for t in probed), *map(
+        lambda t: estimate_s(study, t), tasks[1:]))  # fmt: skip
+    assert abs(work[0] - work[1]) <= largest
+    # With the probe done, a probed arm is dealt like any other task.
+    (study.seed_dir(1) / "rows" / "rows-s1-base_probe.jsonl").write_text("")
+    seed1 = [lane for seed, lane in split_lanes(study, tasks, 2) if seed == 1]
+    assert len(seed1) == 2 and not any("base_probe" in lane for lane in seed1)
 
 
 def test_a_lane_leaves_what_would_end_after_the_deadline(tmp_path, monkeypatch):

@@ -788,7 +788,9 @@ def has_base(study: StudyConfig, seed: int) -> bool:
 def split_lanes(study: StudyConfig, tasks: list[str], lanes_per_seed: int) -> list[tuple[int, list[str]]]:
     """(seed, tasks) per lane. A seed whose base is not there yet gets one lane (pretraining
     first); otherwise its tasks not yet done are dealt over `lanes_per_seed` lanes, longest
-    estimate first, each to the lane with the least estimated work."""
+    estimate first, each to the lane with the least estimated work. A base_probe still to run
+    goes with the probed arms, which read its layers: in another lane they could start before
+    it ends, and would be left for a later run."""
     lanes = []
     for seed in study.seeds:
         todo = [t for t in study.tasks() if t in tasks and not study.rows_path(seed, t).is_file()]
@@ -797,9 +799,14 @@ def split_lanes(study: StudyConfig, tasks: list[str], lanes_per_seed: int) -> li
         if "pretrain" in todo or not has_base(study, seed) or lanes_per_seed <= 1:
             lanes.append((seed, todo))
             continue
-        dealt: list[list[str]] = [[] for _ in range(min(lanes_per_seed, len(todo)))]
-        for task in sorted(todo, key=lambda t: -estimate_s(study, t)):
-            min(dealt, key=lambda lane: sum(estimate_s(study, t) for t in lane)).append(task)
+        probed = {f"arm:{a.name}" for a in study.arms if a.probed} if "base_probe" in todo else set()
+        units = [[t] for t in todo if t not in probed and t != "base_probe"]
+        if "base_probe" in todo:
+            units.append(["base_probe", *(t for t in todo if t in probed)])
+        cost = lambda tasks: sum(estimate_s(study, t) for t in tasks)  # noqa: E731
+        dealt: list[list[str]] = [[] for _ in range(min(lanes_per_seed, len(units)))]
+        for unit in sorted(units, key=lambda u: -cost(u)):
+            min(dealt, key=cost).extend(unit)
         # Within a lane, the study's order: base_probe before the arms that read its layers.
         lanes += [(seed, sorted(lane, key=todo.index)) for lane in dealt]
     return lanes
