@@ -426,6 +426,38 @@ def test_eval_set_bins_hold_in_the_text(tokenizer):
         assert solve(row) == row["answer"]
 
 
+def test_another_question_set_has_the_same_bins_and_other_questions(tmp_path):
+    """StudyConfig.eval_set: set 0 is where it always was, set 1 is other questions of the same
+    bins, written beside it; rows record their set, and two sets pool only as separate runs."""
+    from experiments.adaptation.report import _question_sets
+    from experiments.adaptation.study import StudyConfig, ensure_data, read_results
+
+    bins = dict(length_bins={"a": [512, 768], "b": [768, 1024]}, depth_bins={"x": [0.0, 0.05], "y": [0.8, 1.0]})
+    sets = []
+    for eval_set in (0, 1):
+        study = StudyConfig(out_dir=str(tmp_path / "study"), eval_questions=8, train_range=[512, 768], num_proc=0,
+                            eval_set=eval_set, **bins)  # fmt: skip
+        path = ensure_data(study, ["eval_bins"])["eval_bins"]
+        assert path == study.eval_path and path.is_file()
+        sets.append(pq.read_table(path).to_pylist())
+    assert study.eval_path == tmp_path / "study" / "data" / "eval_set1" / "eval_bins.parquet"
+    assert (tmp_path / "study" / "data" / "eval_bins.parquet").is_file()
+    cells = lambda rows: sorted((r["length_bin"], r["depth_bin"], r["in_range"]) for r in rows)  # noqa: E731
+    assert cells(sets[0]) == cells(sets[1]) and len(sets[1]) == 8
+    assert not {r["prompt"] for r in sets[0]} & {r["prompt"] for r in sets[1]}
+    with pytest.raises(ValueError, match="eval_set must be >= 0"):
+        StudyConfig(eval_set=-1)
+    rows = synthetic_rows({("none", "full attention"): (FULL, None, {0: (1.0, 0.0)})}, questions=4)
+    for name, eval_set in (("a", 0), ("b", 1)):
+        path = tmp_path / name / "seed0" / "rows" / f"rows-s0-{name}.jsonl"
+        path.parent.mkdir(parents=True)
+        path.write_text("".join(json.dumps({**r, "eval_set": eval_set}) + "\n" for r in rows))
+    with pytest.raises(ValueError, match=r"question sets \[0, 1\].*--separate-runs"):
+        read_results([tmp_path / "a", tmp_path / "b"])
+    pooled, _ = read_results([tmp_path / "a", tmp_path / "b"], separate_runs=True)
+    assert _question_sets(pooled) == " (question sets 0, 1)" and _question_sets(rows) == ""
+
+
 def test_eval_set_is_the_same_in_parallel_and_over_eval_entities():
     from experiments.adaptation.data import make_eval_set
 

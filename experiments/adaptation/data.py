@@ -378,6 +378,9 @@ DATASETS = {
 }
 
 
+EVAL_SET_STRIDE = 1000  # write_repro_data(eval_set=n): eval_bins drawn with seed 8 + 1000 * n
+
+
 def write_repro_data(
     out_dir: str | Path,
     counts: dict[str, int],
@@ -388,13 +391,16 @@ def write_repro_data(
     workers: int | None = None,
     eval_length_bins: dict[str, tuple[int, int]] = LENGTH_BINS,
     eval_depth_bins: dict[str, tuple[float, float]] = DEPTH_BINS,
+    eval_set: int = 0,
 ) -> dict[str, Path]:
     """Write out_dir/NAME.parquet with `counts[NAME]` rows for each NAME of DATASETS.
 
     train/eval: questions (eval: over the eval entities); lm: text; *_short: the same kinds,
     shorter; drill: look-up drills (make_drill_texts), no filler; eval_bins: make_eval_set over
     `eval_length_bins` x `eval_depth_bins` (its count a multiple of the number of cells), in
-    range where a length bin lies within min_tokens..max_tokens. Returns the paths.
+    range where a length bin lies within min_tokens..max_tokens; `eval_set` > 0 draws eval_bins'
+    questions from other random streams (another question set, same bins and counts). Returns
+    the paths.
     """
     unknown = sorted(set(counts) - set(DATASETS))
     if unknown:
@@ -409,7 +415,7 @@ def write_repro_data(
                 raise ValueError(f"counts[{name!r}]: {count} is not a multiple of the {cells} (length, depth) cells")
             rows = make_eval_set(
                 count // cells,
-                seed=seed,
+                seed=seed + EVAL_SET_STRIDE * eval_set,
                 length_bins=eval_length_bins,
                 depth_bins=eval_depth_bins,
                 train_range=(min_tokens, max_tokens),

@@ -416,6 +416,12 @@ def _bases(seeds: list[int]) -> str:
     )
 
 
+def _question_sets(rows: list[dict]) -> str:
+    """ " (question set 1)" for rows of a set other than 0 (StudyConfig.eval_set), else ""."""
+    sets = sorted({r.get("eval_set", 0) for r in rows})
+    return "" if sets == [0] else f" (question set{'s' * (len(sets) > 1)} {', '.join(map(str, sets))})"
+
+
 def write_study_report(
     study: StudyConfig,
     rows: list[dict],
@@ -463,7 +469,7 @@ def write_study_report(
     }
     report = "\n\n".join(
         [
-            f"# Adaptation study: {_bases(seeds)} x {questions} questions",
+            f"# Adaptation study: {_bases(seeds)} x {questions} questions{_question_sets(rows)}",
             "Each cell: mean over seeds (t: 95% t interval over seeds; boot: 95% bootstrap over questions).",
             "## Targets (in-range questions)\n\n" + targets_table(targets),
             "## The ladder, without and with the FA-decode LoRAs (each on the rungs it was evaluated on)\n\n"

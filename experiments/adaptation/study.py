@@ -176,6 +176,14 @@ class StudyConfig:
     sweep_reference: str = field(
         default="no_fa", metadata={"help": "The arm the recovery sweep varies (the sweep's reference)."}
     )
+    eval_set: int = field(
+        default=0,
+        metadata={
+            "help": "Which held-out question set: 0 is the set of runs 1-3; another number draws other questions "
+            "of the same bins and counts (a claim should hold on more than one set). Rows record it, and rows of "
+            "two sets pool only as separate runs."
+        },
+    )
     max_new_tokens: int = field(default=48, metadata={"help": "Answer length limit."})
     batch_size: int = field(default=50, metadata={"help": "Prompts per generate call."})
     dtype: str = field(default="bfloat16", metadata={"help": "Evaluation dtype."})
@@ -199,6 +207,8 @@ class StudyConfig:
         cells = len(self.length_bins) * len(self.depth_bins)
         if self.eval_questions <= 0 or self.eval_questions % cells:
             raise ValueError(f"eval_questions must be a positive multiple of {cells} cells, got {self.eval_questions}")
+        if self.eval_set < 0:
+            raise ValueError(f"eval_set must be >= 0, got {self.eval_set}")
         if self.sweep_reference not in names:
             raise ValueError(f"sweep_reference: {self.sweep_reference!r} is not an arm; arms: {names}")
         for arm in self.arms:
@@ -220,6 +230,12 @@ class StudyConfig:
     @property
     def data_dir(self) -> Path:
         return Path(self.out_dir) / "data"
+
+    @property
+    def eval_path(self) -> Path:
+        """The held-out questions of `eval_set` (set 0 where runs 1-3 had it)."""
+        folder = self.data_dir if self.eval_set == 0 else self.data_dir / f"eval_set{self.eval_set}"
+        return folder / "eval_bins.parquet"
 
     def seed_dir(self, seed: int) -> Path:
         return Path(self.out_dir) / f"seed{seed}"
@@ -402,25 +418,29 @@ def find_job(study: StudyConfig, name: str) -> Job:
 # Running a job
 # ------------------------------------------------------------------------------------------
 def ensure_data(study: StudyConfig, names: list[str]) -> dict[str, Path]:
-    """The data sets `names` (data.DATASETS, + "train_mix") in data_dir, written where missing
-    (every one is deterministic, so a file written by an earlier job is the same)."""
-    counts = {**study.data_counts, "eval_bins": study.eval_questions}
+    """The data sets `names` (data.DATASETS, + "train_mix") in data_dir (eval_bins: the study's
+    eval_path), written where missing (every one is deterministic, so a file written by an
+    earlier job is the same)."""
     paths = {name: study.data_dir / f"{name}.parquet" for name in names}
     wanted = {"train", "train_short"} if "train_mix" in names else set()
-    missing = {
-        n: counts[n] for n in {*names, *wanted} - {"train_mix"} if not (study.data_dir / f"{n}.parquet").is_file()
-    }
+    others = sorted({*names, *wanted} - {"train_mix", "eval_bins"})
+    missing = {n: study.data_counts[n] for n in others if not (study.data_dir / f"{n}.parquet").is_file()}
+    common = dict(
+        min_tokens=study.train_range[0],
+        max_tokens=study.train_range[1],
+        short_tokens=tuple(study.short_tokens),
+        workers=study.num_proc,
+        eval_length_bins={k: tuple(v) for k, v in study.length_bins.items()},
+        eval_depth_bins={k: tuple(v) for k, v in study.depth_bins.items()},
+    )
     if missing:
-        write_repro_data(
-            study.data_dir,
-            missing,
-            min_tokens=study.train_range[0],
-            max_tokens=study.train_range[1],
-            short_tokens=tuple(study.short_tokens),
-            workers=study.num_proc,
-            eval_length_bins={k: tuple(v) for k, v in study.length_bins.items()},
-            eval_depth_bins={k: tuple(v) for k, v in study.depth_bins.items()},
-        )
+        write_repro_data(study.data_dir, missing, **common)
+    if "eval_bins" in names:
+        paths["eval_bins"] = study.eval_path
+        if not study.eval_path.is_file():
+            write_repro_data(
+                study.eval_path.parent, {"eval_bins": study.eval_questions}, eval_set=study.eval_set, **common
+            )
     if "train_mix" in names and not paths["train_mix"].is_file():
         write_mix(study.data_dir / "train.parquet", study.data_dir / "train_short.parquet", paths["train_mix"])
     return paths
@@ -489,7 +509,7 @@ def evaluate(
 
     if not settings:
         return []
-    eval_path = study.data_dir / "eval_bins.parquet"
+    eval_path = study.eval_path
     adapter = study.seed_dir(seed) / "adapters" / arm.name if arm else None
     names = names or [label(arm, s) for s in settings]
     evals = [EvalSetting(name, s, adapter=arm is not None) for name, s in zip(names, settings)]
@@ -515,6 +535,7 @@ def evaluate(
         rows.append(
             {
                 "seed": seed,
+                "eval_set": study.eval_set,
                 "lora": arm.name if arm else NO_LORA,
                 "lora_setting": label(arm, arm.swaa) if arm else None,
                 "setting": setting.name,
@@ -725,7 +746,14 @@ def read_results(paths: list[str | Path], separate_runs: bool = False) -> tuple[
     rows, logs = [], {}
     for k, group in enumerate(groups):
         offset = k * RUN_STRIDE
-        rows += [{**row, "seed": offset + row["seed"]} for row in read_rows(group)]
+        found = read_rows(group)
+        sets = sorted({row.get("eval_set", 0) for row in found})  # rows before eval_set: set 0
+        if len(sets) > 1:
+            raise ValueError(
+                f"rows of question sets {sets} under {[str(p) for p in group]}: question i of one set is not "
+                "question i of another; report them with --separate-runs"
+            )
+        rows += [{**row, "seed": offset + row["seed"]} for row in found]
         found = read_seed_logs(group, "base/pretrain_log.jsonl")  # an out_dir's own layout
         found |= read_seed_logs(group, "pretrain_log.jsonl")  # collected (collect_job, collect_all)
         found |= read_seed_logs(group, "lora_logs/*.jsonl")
