@@ -717,8 +717,9 @@ def check_same_bases(paths: list[str | Path]) -> None:
     """Rows from several paths pool as one run only if each seed's base is the same in all of them:
     two paths whose pretraining logs of a seed differ hold two bases (pretraining was not
     deterministic, or the code changed), and a ValueError names the seed, the paths and the first
-    entry that differs. Deterministic pretraining (PretrainArgs.deterministic) on the same GPU model
-    and software gives the same log, so LoRAs trained on another day pool with earlier ones."""
+    entry that differs. Pretraining with deterministic algorithms and `schedule: steps` (the study's)
+    on the same GPU model and software gives the same log, so LoRAs trained on another day pool
+    with earlier ones."""
     seen: dict[int, tuple[Path, list[dict]]] = {}
     for path in map(Path, paths):
         for seed, log in pretrain_logs(path).items():
@@ -738,22 +739,23 @@ def read_results(paths: list[str | Path], separate_runs: bool = False) -> tuple[
     """The rows and the logs (read_seed_logs: pretraining and LoRA) under `paths`. By default the
     paths are parts of one run (a seed's rows may be spread over them). With `separate_runs` each
     path is a run of its own, whose bases differ from another run's under the same seeds
-    (pretraining is not bitwise reproducible on a GPU): seed s of the k-th path becomes base
-    k * RUN_STRIDE + s, so that each base is paired only with its own rows."""
+    (check_same_bases refuses to pool those as one run; so do rows of two question sets): seed s
+    of the k-th path becomes base k * RUN_STRIDE + s, so that each base is paired only with its
+    own rows."""
     groups = [[p] for p in paths] if separate_runs else [list(paths)]
     if not separate_runs:
         check_same_bases(paths)
     rows, logs = [], {}
     for k, group in enumerate(groups):
         offset = k * RUN_STRIDE
-        found = read_rows(group)
-        sets = sorted({row.get("eval_set", 0) for row in found})  # rows before eval_set: set 0
+        run_rows = read_rows(group)
+        sets = sorted({row.get("eval_set", 0) for row in run_rows})  # rows before eval_set: set 0
         if len(sets) > 1:
             raise ValueError(
                 f"rows of question sets {sets} under {[str(p) for p in group]}: question i of one set is not "
                 "question i of another; report them with --separate-runs"
             )
-        rows += [{**row, "seed": offset + row["seed"]} for row in found]
+        rows += [{**row, "seed": offset + row["seed"]} for row in run_rows]
         found = read_seed_logs(group, "base/pretrain_log.jsonl")  # an out_dir's own layout
         found |= read_seed_logs(group, "pretrain_log.jsonl")  # collected (collect_job, collect_all)
         found |= read_seed_logs(group, "lora_logs/*.jsonl")
