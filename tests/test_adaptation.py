@@ -295,6 +295,10 @@ def test_a_step_schedule_makes_the_base_independent_of_the_clock(tmp_path, monke
     fast, slow = run("fast", "steps", 1), run("slow", "steps", 30)
     assert len(fast[0]) == 6 and fast == slow
     assert run("clock", "steps_or_time", 30)[0] != slow[0]
+    # A clock that runs out first: under steps no base cut short is saved, and the error says why.
+    with pytest.raises(RuntimeError, match="stopped by time_budget_s .* at step [1-5] of max_steps 6"):
+        run("short", "steps", 300)
+    assert (tmp_path / "short" / "pretrain_log.jsonl").is_file() and not (tmp_path / "short" / "config.json").exists()
     with pytest.raises(ValueError, match="schedule must be"):
         tiny_pretrain_args(data, tmp_path / "bad", schedule="time")
 

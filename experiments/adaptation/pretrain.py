@@ -85,7 +85,7 @@ class PretrainArgs:
         metadata={
             "help": "What the learning-rate schedule and the curriculum follow: steps_or_time (whichever of "
             "max_steps and time_budget_s is further along: a run on a clock) or steps (max_steps only; the time "
-            "budget only stops the run). Only steps makes a seed's base independent of how fast the steps ran: "
+            "budget only stops the run, which then saves no base and raises). Only steps makes a seed's base independent of how fast the steps ran: "
             "the first steps of a run are slow, and under steps_or_time their learning rate follows the clock."
         },
     )
@@ -451,6 +451,13 @@ def _pretrain(args: PretrainArgs) -> dict:
             logger.info("pretrain %s", record)
     log.close()
     elapsed = time.monotonic() - start
+    if args.schedule == "steps" and step < args.max_steps:
+        # The schedule expected max_steps: a base cut short (at a high learning rate, perhaps in the
+        # wrong phase) is not the one asked for, so none is saved.
+        raise RuntimeError(
+            f"pretraining stopped by time_budget_s ({args.time_budget_s:.0f} s) at step {step} of max_steps "
+            f"{args.max_steps} under schedule: steps; no base saved (the log is {log_path}): raise time_budget_s"
+        )
     model.set_attn_implementation(ATTN_IMPLEMENTATION)
     model.to(torch.bfloat16).save_pretrained(out)
     tokenizer.save_pretrained(out)
