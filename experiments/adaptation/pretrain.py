@@ -85,8 +85,9 @@ class PretrainArgs:
         metadata={
             "help": "What the learning-rate schedule and the curriculum follow: steps_or_time (whichever of "
             "max_steps and time_budget_s is further along: a run on a clock) or steps (max_steps only; the time "
-            "budget only stops the run, which then saves no base and raises). Only steps makes a seed's base independent of how fast the steps ran: "
-            "the first steps of a run are slow, and under steps_or_time their learning rate follows the clock."
+            "budget only stops the run, which then saves no base and raises). Only steps makes a seed's base "
+            "independent of how fast the steps ran: the first steps of a run are slow, and under steps_or_time "
+            "their learning rate follows the clock."
         },
     )
     short_fraction: float = field(default=0.5, metadata={"help": "Share of the run on short questions."})

@@ -705,9 +705,15 @@ RUN_STRIDE = 100  # read_results(separate_runs=True): seed s of the k-th run bec
 TIMING_KEYS = ("elapsed_s",)  # what differs between two pretrainings of one base
 
 
+def read_pretrain_logs(paths: list[str | Path]) -> dict[tuple[int, str], list[dict]]:
+    """Each seed's pretraining log under `paths`, keyed (seed, "pretrain_log"): from an out_dir's
+    own layout (seed{N}/base/) or a collected one (collect_job, collect_all)."""
+    return read_seed_logs(paths, "base/pretrain_log.jsonl") | read_seed_logs(paths, "pretrain_log.jsonl")
+
+
 def pretrain_logs(path: str | Path) -> dict[int, list[dict]]:
-    """Each seed's pretraining log under `path` (an out_dir's or collected layout), without its timings."""
-    found = read_seed_logs([path], "base/pretrain_log.jsonl") | read_seed_logs([path], "pretrain_log.jsonl")
+    """Each seed's pretraining log under `path` (read_pretrain_logs), without its timings."""
+    found = read_pretrain_logs([path])
     return {
         seed: [{k: v for k, v in e.items() if k not in TIMING_KEYS} for e in log] for (seed, _), log in found.items()
     }
@@ -756,9 +762,7 @@ def read_results(paths: list[str | Path], separate_runs: bool = False) -> tuple[
                 "question i of another; report them with --separate-runs"
             )
         rows += [{**row, "seed": offset + row["seed"]} for row in run_rows]
-        found = read_seed_logs(group, "base/pretrain_log.jsonl")  # an out_dir's own layout
-        found |= read_seed_logs(group, "pretrain_log.jsonl")  # collected (collect_job, collect_all)
-        found |= read_seed_logs(group, "lora_logs/*.jsonl")
+        found = read_pretrain_logs(group) | read_seed_logs(group, "lora_logs/*.jsonl")
         logs |= {(offset + seed, name): log for (seed, name), log in found.items()}
     return rows, logs
 
