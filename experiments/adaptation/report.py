@@ -109,9 +109,17 @@ def arm_rows(summary: list[dict], study: StudyConfig, subset: str = "in range") 
     return out
 
 
+def base_on_seeds(rows: list[dict], setting: str, seeds: list[int], resamples: int = 2000) -> dict | None:
+    """The summary record (in range) of the base under `setting` on `seeds` alone."""
+    keep = {(NO_LORA, setting), REFERENCE}
+    chosen = [x for x in rows if x["seed"] in seeds and (x["lora"], x["setting"]) in keep]
+    return find(summarize(chosen, resamples=resamples), NO_LORA, setting, "in range")
+
+
 def arms_table(summary: list[dict], study: StudyConfig, rows: list[dict], resamples: int = 2000) -> str:
-    """Each LoRA under its own setting, beside the base under it; "what the LoRA adds" is with
-    minus without, paired by seed and question (stats.compare)."""
+    """Each LoRA under its own setting, beside the base under it on the same bases (a pooled
+    report may hold bases that a LoRA was not trained on); "what the LoRA adds" is with minus
+    without, paired by seed and question (stats.compare)."""
     lines = [
         "| LoRA | trained under | arm | steps | KV saved | prefill cost | no LoRA | with its LoRA | "
         "what the LoRA adds | vs full | its LoRA + FA decode |",
@@ -121,12 +129,14 @@ def arms_table(summary: list[dict], study: StudyConfig, rows: list[dict], resamp
         arm, rec = r["arm"], r["lora"]
         if rec is None:
             continue
-        steps = rec["lora_steps"]
+        steps, base = rec["lora_steps"], r["base"]
+        if base is not None and base["seeds"] != rec["seeds"]:
+            base = base_on_seeds(rows, r["setting"], rec["seeds"], resamples)
         added = compare(rows, (arm.name, r["setting"]), (NO_LORA, r["setting"]), resamples=resamples)
         lines.append(
             f"| {arm.name} | {r['setting']} | {arm.group}{f': {arm.factor} = {arm.level}' if arm.factor else ''} | "
             f"{min(steps)}-{max(steps)} | {pct(rec['kv_cache_saved'], 0)} | {pct(rec['prefill_cost'])} | "
-            f"{cell(r['base'])} | {cell(rec)} | {cell(added)} | {cell(rec, relative=True)} | {cell(r['lora_fa'])} |"
+            f"{cell(base)} | {cell(rec)} | {cell(added)} | {cell(rec, relative=True)} | {cell(r['lora_fa'])} |"
         )
     return "\n".join(lines)
 
