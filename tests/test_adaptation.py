@@ -1316,6 +1316,23 @@ def test_arms_table_gives_what_each_lora_adds_paired_with_its_base():
     assert "| 20.0% [t 20, 20;" in line
 
 
+def test_bases_table_shows_the_held_out_checks_around_the_switch_to_long_prompts():
+    from experiments.adaptation.report import bases_table
+
+    log = [
+        {"step": 10, "phase": 0, "heldout_exact": 0.2},
+        {"step": 20, "phase": 0, "heldout_exact": 0.9},
+        {"step": 25, "phase": 0, "loss": 1.0},  # a step without a check
+        {"step": 30, "phase": 1, "heldout_exact": 0.05},
+        {"step": 40, "phase": 1, "heldout_exact": 0.0},
+        {"step": 50, "phase": 1, "heldout_exact": 0.6},
+        {"step": 55, "phase": 1, "loss": 0.5},
+    ]
+    table = bases_table([], {(7, "pretrain_log"): log, (8, "pretrain_log"): [{"step": 3, "phase": 0}]})
+    assert "| 7 | 55 | 90.0% (20) | 0.0% (40) | 60.0% (50) | - |" in table
+    assert "| 8 | 3 | - | - | - | - |" in table  # no check logged
+
+
 def test_arms_table_shows_the_base_on_the_lora_s_bases_only():
     """Pooled runs: a base evaluated without a LoRA of this arm (seed 3) must not enter its "no LoRA" cell."""
     from experiments.adaptation.report import arms_table

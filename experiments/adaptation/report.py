@@ -146,20 +146,29 @@ def _per_seed(record: dict | None) -> dict[int, float]:
 
 
 def bases_table(summary: list[dict], pretrain_logs: dict[tuple[int, str], list[dict]]) -> str:
-    """Per seed: its pretraining's steps and its last held-out check (exact answers to short
-    questions not trained on, pretrain.heldout_exact), beside the base's full attention on the
-    study's questions. A base whose last check is low has not yet learned to retrieve."""
+    """Per seed: its pretraining's steps and its held-out checks (exact answers to short
+    questions not trained on, pretrain.heldout_exact) at the end of the short-prompt phase, at
+    their lowest after the switch to long prompts, and at the last check, beside the base's full
+    attention on the study's questions. A base whose check is low when the short phase ends has
+    not learnt the lookup there, and the long phase starts it again from about zero."""
     full = _per_seed(find(summary, *REFERENCE, "in range"))
     lines = [
-        "| seed | pretraining steps (last logged) | held-out exact at its last check (step) | full attention, in range |",
-        "| --- | --- | --- | --- |",
+        "| seed | pretraining steps (last logged) | held-out exact at the end of the short phase (step) | "
+        "lowest after the switch to long prompts (step) | at its last check (step) | full attention, in range |",
+        "| --- | --- | --- | --- | --- | --- |",
     ]
+    at = lambda check: f"{pct(check['heldout_exact'])} ({check['step']})" if check else "-"  # noqa: E731
     for seed in sorted({s for s, _ in pretrain_logs} | set(full)):
         log = pretrain_logs.get((seed, "pretrain_log"), [])
         checks = [r for r in log if "heldout_exact" in r]
-        last = f"{pct(checks[-1]['heldout_exact'])} ({checks[-1]['step']})" if checks else "-"
+        short = [r for r in checks if r.get("phase") == 0]
+        long = [r for r in checks if r.get("phase") == 1]
+        lowest = min(long, key=lambda r: r["heldout_exact"]) if long else None
         steps = log[-1]["step"] if log else "-"
-        lines.append(f"| {seed} | {steps} | {last} | {pct(full.get(seed))} |")
+        lines.append(
+            f"| {seed} | {steps} | {at(short[-1] if short else None)} | {at(lowest)} | "
+            f"{at(checks[-1] if checks else None)} | {pct(full.get(seed))} |"
+        )
     return "\n".join(lines)
 
 
