@@ -321,22 +321,28 @@ class StudyConfig:
 def default_arms(window: int = 512, sinks: int = 32, full_layers: list[int] | None = None) -> list[Arm]:
     """The LoRAs of issue 14 for an 8-layer model: the ladder's (FA decode), the KV-saving ones
     (no FA decode: sinks + interleaving; every other layer full), and a sweep around the first
-    KV-saving one, one factor at a time: full-layer count, window, learning rate, steps, data, and
-    the full layers chosen per base by the probe; and the FA-decode, probed and every-other-layer
-    LoRAs at a lower learning rate, each against its own arm."""
+    KV-saving one, one factor at a time: full-layer count, window, steps and data (at lr 1e-4,
+    against that arm at lr 1e-4), learning rate, and the full layers chosen per base by the probe;
+    and the FA-decode, probed and every-other-layer LoRAs at lr 1e-4, each against its own arm."""
     full_layers = full_layers or [1, 5]
     no_fa = lambda w=window, layers=full_layers: SWAAConfig(w, sinks, False, layers)
     return [
         Arm("fa_decode", SWAAConfig(window, sinks, True, full_layers), group="ladder", eval_ladder=True),
         Arm("no_fa", no_fa(), group="kv"),
         Arm("no_fa_every_other", no_fa(layers=[1, 3, 5, 7]), group="kv", factor="full layers", level="4"),
-        Arm("no_fa_3full", no_fa(layers=[1, 4, 7]), group="sweep", factor="full layers", level="3"),
-        Arm("no_fa_w1024", no_fa(w=1024), group="sweep", factor="window", level="1024"),
-        Arm("no_fa_w2048", no_fa(w=2048), group="sweep", factor="window", level="2048"),
+        # The sweep's factors at lr 1e-4 (the rate at which LoRAs helped, runs 3-4), each against no_fa_lr1e-4.
+        Arm("no_fa_3full_lr1e-4", no_fa(layers=[1, 4, 7]), group="sweep", factor="full layers", level="3",
+            learning_rate=1e-4, reference="no_fa_lr1e-4"),
+        Arm("no_fa_w1024_lr1e-4", no_fa(w=1024), group="sweep", factor="window", level="1024",
+            learning_rate=1e-4, reference="no_fa_lr1e-4"),
+        Arm("no_fa_w2048_lr1e-4", no_fa(w=2048), group="sweep", factor="window", level="2048",
+            learning_rate=1e-4, reference="no_fa_lr1e-4"),
         Arm("no_fa_lr3e-4", no_fa(), group="sweep", factor="learning rate", level="3e-4", learning_rate=3e-4),
         Arm("no_fa_lr1e-4", no_fa(), group="sweep", factor="learning rate", level="1e-4", learning_rate=1e-4),
-        Arm("no_fa_600steps", no_fa(), group="sweep", factor="steps", level="600", steps=600),
-        Arm("no_fa_mix", no_fa(), group="sweep", factor="data mix", level="long + short 1:1", data="mix"),
+        Arm("no_fa_600steps_lr1e-4", no_fa(), group="sweep", factor="steps", level="600", steps=600,
+            learning_rate=1e-4, reference="no_fa_lr1e-4"),
+        Arm("no_fa_mix_lr1e-4", no_fa(), group="sweep", factor="data mix", level="long + short 1:1", data="mix",
+            learning_rate=1e-4, reference="no_fa_lr1e-4"),
         Arm("no_fa_probed", no_fa(layers=[]), group="sweep", factor="full layers", level="probed", probed=True),
         # The two LoRAs that met a target's bar without training, at a tenth of the learning rate.
         Arm("fa_decode_lr1e-4", SWAAConfig(window, sinks, True, full_layers), group="sweep", factor="learning rate",
