@@ -1058,7 +1058,7 @@ def test_runs_pool_as_one_only_where_their_bases_are_the_same(tmp_path):
     import subprocess
     import sys
 
-    from experiments.adaptation.study import read_results
+    from experiments.adaptation.study import check_same_bases, read_results
 
     rows = synthetic_rows({("none", "full attention"): (FULL, None, {1: (1.0, 0.0)})}, questions=4)
     log = [{"step": 25, "answer_loss": 0.5}, {"step": 50, "answer_loss": 0.25}]
@@ -1070,6 +1070,7 @@ def test_runs_pool_as_one_only_where_their_bases_are_the_same(tmp_path):
         (seed_dir / layout).write_text("".join(json.dumps({**e, "elapsed_s": elapsed}) + "\n" for e in log))
     merged, _ = read_results([tmp_path / "a", tmp_path / "b"])
     assert {r["seed"] for r in merged} == {1} and len(merged) == 2 * len(rows)
+    assert check_same_bases([tmp_path / "a", tmp_path / "b"]) == [1] and check_same_bases([tmp_path / "a"]) == []
     log[1]["answer_loss"] = 0.26
     (tmp_path / "b" / "seed1" / "pretrain_log.jsonl").write_text("".join(json.dumps(e) + "\n" for e in log))
     with pytest.raises(ValueError, match=r"seed 1: the pretraining logs .* differ \(entry 1\).*--separate-runs"):

@@ -26,7 +26,6 @@ from experiments.adaptation.study import (
     collect_job,
     find_job,
     plan_jobs,
-    pretrain_logs,
     read_results,
     run_job,
     run_parallel,
@@ -110,11 +109,9 @@ def main() -> None:
         if len(results) < 2:
             parser.error("same-bases needs --results A B ...: the runs whose bases to compare")
         try:
-            check_same_bases(results)
+            shared = check_same_bases(results)
         except ValueError as error:
             sys.exit(f"different bases: {error}")
-        found = [set(pretrain_logs(p)) for p in results]
-        shared = sorted(s for s in set().union(*found) if sum(s in f for f in found) > 1)
         if not shared:
             sys.exit(f"no seed has a pretraining log in two of {results}: nothing to compare")
         sys.stdout.write(f"same bases: seed(s) {', '.join(map(str, shared))}; pool them with report --results\n")

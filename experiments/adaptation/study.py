@@ -725,19 +725,21 @@ def pretrain_logs(path: str | Path) -> dict[int, list[dict]]:
     }
 
 
-def check_same_bases(paths: list[str | Path]) -> None:
+def check_same_bases(paths: list[str | Path]) -> list[int]:
     """Rows from several paths pool as one run only if each seed's base is the same in all of them:
     two paths whose pretraining logs of a seed differ hold two bases (pretraining was not
     deterministic, or the code changed), and a ValueError names the seed, the paths and the first
     entry that differs. Pretraining with deterministic algorithms and `schedule: steps` (the study's)
     on the same GPU model and software gives the same log, so LoRAs trained on another day pool
-    with earlier ones."""
+    with earlier ones. Returns the seeds whose logs were compared (found under two paths or more)."""
     seen: dict[int, tuple[Path, list[dict]]] = {}
+    compared: set[int] = set()
     for path in map(Path, paths):
         for seed, log in pretrain_logs(path).items():
             if seed not in seen:
                 seen[seed] = (path, log)
                 continue
+            compared.add(seed)
             first, other = seen[seed]
             if other != log:
                 step = next((i for i, (a, b) in enumerate(zip(other, log)) if a != b), min(len(other), len(log)))
@@ -745,6 +747,7 @@ def check_same_bases(paths: list[str | Path]) -> None:
                     f"seed {seed}: the pretraining logs under {first} and {path} differ (entry {step}): they are "
                     "two bases; report them with --separate-runs"
                 )
+    return sorted(compared)
 
 
 def read_results(paths: list[str | Path], separate_runs: bool = False) -> tuple[list[dict], dict]:
