@@ -1030,6 +1030,9 @@ def test_sweep_arms_are_compared_with_their_own_reference():
 
 
 def test_read_results_keeps_separate_runs_apart(tmp_path):
+    import subprocess
+    import sys
+
     from experiments.adaptation.report import _bases
     from experiments.adaptation.study import read_results
 
@@ -1039,15 +1042,36 @@ def test_read_results_keeps_separate_runs_apart(tmp_path):
             path = tmp_path / run / f"seed{seed}" / "rows" / f"rows-s{seed}-base_ladder.jsonl"
             path.parent.mkdir(parents=True)
             path.write_text("".join(json.dumps(r) + "\n" for r in rows if r["seed"] == seed))
-        (tmp_path / run / "seed2" / "pretrain_log.jsonl").write_text(json.dumps({"step": len(run)}) + "\n")
+        (tmp_path / run / "seed2" / "pretrain_log.jsonl").write_text(json.dumps({"step": int(run[-1])}) + "\n")
     paths = [tmp_path / "run1", tmp_path / "run2"]
-    merged, logs = read_results(paths)  # parts of one run: a seed's rows from every path
-    assert sorted({r["seed"] for r in merged}) == [0, 2] and len(merged) == 2 * len(rows)
-    assert set(logs) == {(2, "pretrain_log")}
+    with pytest.raises(ValueError, match=r"seed 2: the pretraining logs .* differ"):  # two bases, not one run
+        read_results(paths)
+    # A directory named twice (or two overlapping copies of one) answers each question twice: refused.
+    with pytest.raises(ValueError, match=r"seed 0, LoRA none, setting 'full attention', question 0: answered twice"):
+        read_results([tmp_path / "run2", tmp_path / "run2"])
     separate, logs = read_results(paths, separate_runs=True)
     assert sorted({r["seed"] for r in separate}) == [0, 2, 100, 102]
     assert [r for r in separate if r["seed"] == 102] == [{**r, "seed": 102} for r in rows if r["seed"] == 2]
     assert set(logs) == {(2, "pretrain_log"), (102, "pretrain_log")}
+    # A run in two directories (LoRAs trained later on the same bases) is one entry: its rows keep their seeds.
+    later = [dict(r, lora="later") for r in rows]
+    path = tmp_path / "run2b" / "seed2" / "rows" / "rows-s2-arm-later.jsonl"
+    path.parent.mkdir(parents=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in later if r["seed"] == 2))
+    (tmp_path / "run2b" / "seed2" / "pretrain_log.jsonl").write_text(json.dumps({"step": 2}) + "\n")
+    parts, logs = read_results([tmp_path / "run1", [tmp_path / "run2", tmp_path / "run2b"]], separate_runs=True)
+    assert [r for r in parts if r["lora"] == "later"] == [{**r, "seed": 102} for r in later if r["seed"] == 2]
+    assert len(parts) == len(separate) + len(later) // 2 and set(logs) == {(2, "pretrain_log"), (102, "pretrain_log")}
+    with pytest.raises(ValueError, match="seed 2: the pretraining logs"):  # run1's base 2 is not run2b's
+        read_results([[tmp_path / "run1", tmp_path / "run2b"]], separate_runs=True)
+    # On the command line "A,B" is one run in two directories; the refusal reaches the user as an error.
+    root = Path(__file__).resolve().parent.parent
+    command = [sys.executable, "-m", "experiments.adaptation.run_study", "report", "--separate-runs", "--results"]
+    twice = subprocess.run(
+        command + [str(tmp_path / "run1"), f"{tmp_path / 'run2'},{tmp_path / 'run2'}", "--out", str(tmp_path / "rep")],
+        cwd=root, capture_output=True, text=True,
+    )  # fmt: skip
+    assert twice.returncode == 2 and "question 0: answered twice" in twice.stderr and not (tmp_path / "rep").exists()
     assert _bases([0, 1, 2]) == "3 seeds (0, 1, 2)"
     assert _bases([0, 2, 100, 102]).startswith("4 bases of 2 runs (0, 2, 100, 102:")
 
@@ -1065,7 +1089,8 @@ def test_runs_pool_as_one_only_where_their_bases_are_the_same(tmp_path):
     for run, elapsed, layout in (("a", 1.0, "base/pretrain_log.jsonl"), ("b", 2.0, "pretrain_log.jsonl")):
         seed_dir = tmp_path / run / "seed1"
         (seed_dir / "rows").mkdir(parents=True)
-        (seed_dir / "rows" / f"rows-s1-{run}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        rows_of_run = [dict(r, lora=run) for r in rows]  # each run its own LoRA of the base
+        (seed_dir / "rows" / f"rows-s1-{run}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows_of_run))
         (seed_dir / layout).parent.mkdir(parents=True, exist_ok=True)
         (seed_dir / layout).write_text("".join(json.dumps({**e, "elapsed_s": elapsed}) + "\n" for e in log))
     merged, _ = read_results([tmp_path / "a", tmp_path / "b"])

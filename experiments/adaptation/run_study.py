@@ -59,8 +59,8 @@ def main() -> None:
     parser.add_argument(
         "--separate-runs",
         action="store_true",
-        help="report: each --results directory is a run of its own (other bases under the same seeds): "
-        f"seed s of the k-th directory becomes base k*{RUN_STRIDE}+s",
+        help="report: each --results entry is a run of its own (other bases under the same seeds): "
+        f"seed s of the k-th entry becomes base k*{RUN_STRIDE}+s; an entry A,B is one run in two directories",
     )
     parser.add_argument("--tasks", default="", help="parallel, lane, data: comma-separated tasks (default: all)")
     parser.add_argument("--seed", type=int, help="lane: the seed")
@@ -122,7 +122,12 @@ def main() -> None:
         from experiments.adaptation.report import write_study_report
 
         results = args.results or [study.out_dir]
-        rows, logs = read_results(results, separate_runs=args.separate_runs)
+        if args.separate_runs:
+            results = [entry.split(",") for entry in results]
+        try:
+            rows, logs = read_results(results, separate_runs=args.separate_runs)
+        except ValueError as error:
+            parser.error(str(error))
         if not rows:
             parser.error(f"no rows-*.jsonl under {results}")
         result = write_study_report(

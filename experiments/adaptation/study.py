@@ -750,18 +750,26 @@ def check_same_bases(paths: list[str | Path]) -> list[int]:
     return sorted(compared)
 
 
-def read_results(paths: list[str | Path], separate_runs: bool = False) -> tuple[list[dict], dict]:
+ROW_KEY = ("seed", "lora", "setting", "index")  # one answer: a base, its LoRA, the setting, the question
+
+
+def read_results(paths: list, separate_runs: bool = False) -> tuple[list[dict], dict]:
     """The rows and the logs (read_seed_logs: pretraining and LoRA) under `paths`. By default the
     paths are parts of one run (a seed's rows may be spread over them). With `separate_runs` each
-    path is a run of its own, whose bases differ from another run's under the same seeds
+    entry is a run of its own, whose bases differ from another run's under the same seeds
     (check_same_bases refuses to pool those as one run; so do rows of two question sets): seed s
-    of the k-th path becomes base k * RUN_STRIDE + s, so that each base is paired only with its
-    own rows."""
-    groups = [[p] for p in paths] if separate_runs else [list(paths)]
-    if not separate_runs:
-        check_same_bases(paths)
+    of the k-th entry becomes base k * RUN_STRIDE + s, so that each base is paired only with its
+    own rows. An entry may itself be a list of paths: the parts of one run (LoRAs trained on
+    another day on the same bases). A run's parts must not repeat an answer (ROW_KEY): a
+    ValueError names the first one found twice."""
+    if separate_runs:
+        groups = [[entry] if isinstance(entry, (str, Path)) else list(entry) for entry in paths]
+    else:
+        groups = [list(paths)]
     rows, logs = [], {}
     for k, group in enumerate(groups):
+        if len(group) > 1:
+            check_same_bases(group)
         offset = k * RUN_STRIDE
         run_rows = read_rows(group)
         sets = sorted({row.get("eval_set", 0) for row in run_rows})  # rows before eval_set: set 0
@@ -770,6 +778,15 @@ def read_results(paths: list[str | Path], separate_runs: bool = False) -> tuple[
                 f"rows of question sets {sets} under {[str(p) for p in group]}: question i of one set is not "
                 "question i of another; report them with --separate-runs"
             )
+        seen = set()
+        for row in run_rows:
+            key = tuple(row.get(name) for name in ROW_KEY)
+            if key in seen:
+                raise ValueError(
+                    f"seed {key[0]}, LoRA {key[1]}, setting {key[2]!r}, question {key[3]}: answered twice under "
+                    f"{[str(p) for p in group]}; name each run's rows once"
+                )
+            seen.add(key)
         rows += [{**row, "seed": offset + row["seed"]} for row in run_rows]
         found = read_pretrain_logs(group) | read_seed_logs(group, "lora_logs/*.jsonl")
         logs |= {(offset + seed, name): log for (seed, name), log in found.items()}
