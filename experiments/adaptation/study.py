@@ -753,7 +753,7 @@ def check_same_bases(paths: list[str | Path]) -> list[int]:
 ROW_KEY = ("seed", "lora", "setting", "index")  # one answer: a base, its LoRA, the setting, the question
 
 
-def read_results(paths: list, separate_runs: bool = False) -> tuple[list[dict], dict]:
+def read_results(paths: list[str | Path | list[str | Path]], separate_runs: bool = False) -> tuple[list[dict], dict]:
     """The rows and the logs (read_seed_logs: pretraining and LoRA) under `paths`. By default the
     paths are parts of one run (a seed's rows may be spread over them). With `separate_runs` each
     entry is a run of its own, whose bases differ from another run's under the same seeds
